@@ -1,0 +1,212 @@
+//! `specmoe bench`: prefill and decode throughput of a checkpoint, or of random weights with
+//! the real shapes of a published model (`--shape mixtral-8x7b --layers 2`).
+
+use super::{load_model, RunOpts};
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+use specmoe::engine::{generate, GenRequest, GenStats};
+use specmoe::model::Model;
+use specmoe::sampling::SamplingParams;
+use specmoe::synthetic;
+use specmoe_cpu_kernels::{dispatch, DType};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Output format of `bench`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchFormat {
+    /// A human-readable table.
+    Table,
+    /// One JSON object.
+    Json,
+}
+
+/// Weight dtype of random `--shape` weights.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightDtype {
+    /// bfloat16 (as published).
+    Bf16,
+    /// float16.
+    F16,
+    /// float32.
+    F32,
+}
+
+/// Arguments of `specmoe bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Model directory to benchmark.
+    #[arg(long, conflicts_with = "shape", required_unless_present = "shape")]
+    model: Option<PathBuf>,
+    /// Random weights with the shapes of this model: mixtral-8x7b or mixtral-8x22b.
+    #[arg(long)]
+    shape: Option<String>,
+    /// With --shape: keep only the first N decoder layers (so the model fits in RAM).
+    #[arg(long, requires = "shape")]
+    layers: Option<usize>,
+    /// With --shape: weight dtype.
+    #[arg(long, value_enum, default_value_t = WeightDtype::Bf16)]
+    dtype: WeightDtype,
+    /// Sequences decoded together.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Prompt tokens per sequence (random ids).
+    #[arg(long, default_value_t = 64)]
+    prompt_len: usize,
+    /// Tokens generated per sequence (EOS ignored).
+    #[arg(long, default_value_t = 32)]
+    gen_len: usize,
+    /// Seed of the random weights and prompts.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = BenchFormat::Table)]
+    format: BenchFormat,
+    #[command(flatten)]
+    run: RunOpts,
+}
+
+/// One benchmark result.
+///
+/// `weight_gbps` = weight bytes read per decode step ÷ decode step time ÷ 1e9, where the
+/// bytes of a step are those of every matrix the step reads once: attention projections,
+/// router, each expert chosen by at least one token of the step, dense MLPs and the LM head.
+#[derive(Serialize, Debug)]
+pub struct BenchReport {
+    /// Model directory or shape name.
+    pub model: String,
+    /// Decoder layers.
+    pub layers: usize,
+    /// Weight dtype.
+    pub dtype: String,
+    /// Total weight bytes.
+    pub weight_bytes: usize,
+    /// Kernel path.
+    pub isa: String,
+    /// Worker threads.
+    pub threads: usize,
+    /// Sequences.
+    pub batch: usize,
+    /// Prompt tokens per sequence.
+    pub prompt_len: usize,
+    /// Generated tokens per sequence.
+    pub gen_len: usize,
+    /// Seconds to build or load the weights.
+    pub load_seconds: f64,
+    /// Prompt tokens per second.
+    pub prefill_tok_s: f64,
+    /// Generated tokens per second during decode (all sequences).
+    pub decode_tok_s: f64,
+    /// Mean seconds per decode step.
+    pub decode_step_seconds: f64,
+    /// Mean weight bytes read per decode step.
+    pub weight_bytes_per_step: f64,
+    /// Effective weight bandwidth of decode, GB/s (see the type's docs).
+    pub weight_gbps: f64,
+    /// Raw counters.
+    pub stats: GenStats,
+}
+
+/// Runs `specmoe bench`.
+pub fn run(a: BenchArgs) -> Result<()> {
+    a.run.apply()?;
+    if a.batch == 0 || a.prompt_len == 0 || a.gen_len == 0 {
+        bail!("--batch, --prompt-len and --gen-len must be at least 1");
+    }
+    let t0 = Instant::now();
+    let (model, name, dtype) = match (&a.model, &a.shape) {
+        (Some(dir), _) => {
+            let m = load_model(dir, &a.run)?;
+            let dt = m.cfg.dtype.clone().unwrap_or_else(|| "?".into());
+            (m, dir.display().to_string(), dt)
+        }
+        (None, Some(shape)) => {
+            let cfg = synthetic::shape_config(shape, a.layers)?;
+            let dt = match a.dtype {
+                WeightDtype::Bf16 => DType::BF16,
+                WeightDtype::F16 => DType::F16,
+                WeightDtype::F32 => DType::F32,
+            };
+            eprintln!(
+                "generating random {shape} weights ({} layers, {dt})…",
+                cfg.num_layers
+            );
+            let store = synthetic::random_mixtral(&cfg, dt, a.seed);
+            (
+                Model::from_store(cfg, &store, a.run.kv_dtype.into())?,
+                shape.clone(),
+                dt.to_string(),
+            )
+        }
+        (None, None) => bail!("give --model DIR or --shape NAME"),
+    };
+    let load_seconds = t0.elapsed().as_secs_f64();
+    if a.prompt_len + a.gen_len > model.context_len() {
+        bail!(
+            "--prompt-len + --gen-len = {} exceeds the model's context of {}",
+            a.prompt_len + a.gen_len,
+            model.context_len()
+        );
+    }
+    let vocab = model.cfg.vocab_size as u64;
+    let mut st = a.seed.wrapping_add(0x5EED);
+    let reqs: Vec<GenRequest> = (0..a.batch)
+        .map(|_| GenRequest {
+            prompt_ids: (0..a.prompt_len)
+                .map(|_| {
+                    st = st
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    (3 + (st >> 33) % (vocab - 3)) as u32
+                })
+                .collect(),
+            max_new_tokens: a.gen_len,
+            sampling: SamplingParams::default(),
+            stop_ids: vec![],
+        })
+        .collect();
+    let (_, stats) = generate(&model, &reqs, |_, _| {})?;
+    let steps = stats.decode_steps.max(1) as f64;
+    let r = BenchReport {
+        model: name,
+        layers: model.cfg.num_layers,
+        dtype,
+        weight_bytes: model.weight_bytes,
+        isa: dispatch::active().to_string(),
+        threads: rayon::current_num_threads(),
+        batch: a.batch,
+        prompt_len: a.prompt_len,
+        gen_len: a.gen_len,
+        load_seconds,
+        prefill_tok_s: stats.prefill_tok_s(),
+        decode_tok_s: stats.decode_tok_s(),
+        decode_step_seconds: stats.decode_seconds / steps,
+        weight_bytes_per_step: stats.decode_weight_bytes as f64 / steps,
+        weight_gbps: stats.decode_weight_gbps(),
+        stats,
+    };
+    match a.format {
+        BenchFormat::Json => println!("{}", serde_json::to_string(&r)?),
+        BenchFormat::Table => {
+            println!("| model | layers | dtype | isa | threads | batch | pp | tg | prefill tok/s | decode tok/s | GB/step | weight GB/s |");
+            println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+            println!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.2} | {:.3} | {:.2} |",
+                r.model,
+                r.layers,
+                r.dtype,
+                r.isa,
+                r.threads,
+                r.batch,
+                r.prompt_len,
+                r.gen_len,
+                r.prefill_tok_s,
+                r.decode_tok_s,
+                r.weight_bytes_per_step / 1e9,
+                r.weight_gbps
+            );
+        }
+    }
+    Ok(())
+}
