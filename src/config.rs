@@ -247,7 +247,7 @@ impl ModelConfig {
 
         let moe = match arch {
             Arch::Mixtral => Some(MoeConfig {
-                num_experts: c.usize("num_local_experts")?,
+                num_experts: c.num_experts()?,
                 top_k: c.usize("num_experts_per_tok")?,
                 expert_intermediate_size: c.usize("intermediate_size")?,
                 norm_topk_prob: true,
@@ -256,7 +256,7 @@ impl ModelConfig {
                 mlp_only_layers: vec![],
             }),
             Arch::Qwen2Moe | Arch::Qwen3Moe | Arch::Olmoe => Some(MoeConfig {
-                num_experts: c.usize("num_experts")?,
+                num_experts: c.num_experts()?,
                 top_k: c.usize("num_experts_per_tok")?,
                 expert_intermediate_size: match arch {
                     Arch::Olmoe => c.usize("intermediate_size")?,
@@ -405,6 +405,17 @@ impl Cfg<'_> {
                 })
                 .collect(),
             Some(x) => Err(self.err(&format!("'{key}' must be a list of integers, got {x}"))),
+        }
+    }
+
+    /// Routed experts: `num_local_experts` (Mixtral; transformers 5 for every MoE) or
+    /// `num_experts` (Qwen-MoE and OLMoE in transformers 4).
+    fn num_experts(&self) -> Result<usize> {
+        match self.opt_usize("num_local_experts")? {
+            Some(n) => Ok(n),
+            None => self.opt_usize("num_experts")?.ok_or_else(|| {
+                self.err("missing required field 'num_local_experts' (or 'num_experts')")
+            }),
         }
     }
 

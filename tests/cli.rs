@@ -1,0 +1,196 @@
+//! The command line end to end: generate (text and JSON, batch input), logits, bench.
+
+mod common;
+
+use common::{fixture, max_abs_diff, reference};
+use std::process::Command;
+
+fn specmoe(args: &[&str]) -> (String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_specmoe"))
+        .args(args)
+        .output()
+        .expect("run specmoe");
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    );
+    assert!(out.status.success(), "specmoe {args:?} failed: {se}");
+    (so, se)
+}
+
+#[test]
+fn generate_json_matches_reference_greedy() {
+    let r = reference("mixtral");
+    let dir = fixture("mixtral");
+    let ids: Vec<String> = r.input_ids.iter().map(|x| x.to_string()).collect();
+    let (out, err) = specmoe(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--token-ids",
+        &ids.join(","),
+        "--max-new-tokens",
+        "32",
+        "--ignore-eos",
+        "--format",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    let got: Vec<u32> = v["output_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(got, r.greedy_ids);
+    assert_eq!(v["prompt_ids"].as_array().unwrap().len(), r.input_ids.len());
+    assert!(v["stats"]["decode_tok_s"].as_f64().unwrap() > 0.0);
+    assert!(err.contains("decode:"), "stats line on stderr: {err}");
+}
+
+#[test]
+fn generate_text_and_jsonl_batch() {
+    let dir = fixture("llama");
+    let m = dir.to_str().unwrap();
+    let (out, err) = specmoe(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "The quick brown fox",
+        "--max-new-tokens",
+        "8",
+        "--ignore-eos",
+    ]);
+    assert!(!out.trim().is_empty(), "text output");
+    assert!(err.contains("prompt tokens:"), "{err}");
+    let t = tempfile::tempdir().unwrap();
+    let input = t.path().join("p.jsonl");
+    std::fs::write(
+        &input,
+        "{\"prompt\": \"Hello there\"}\n\n{\"prompt\": \"A longer prompt for the batch\"}\n",
+    )
+    .unwrap();
+    let (out, _) = specmoe(&[
+        "generate",
+        "--model",
+        m,
+        "--input",
+        input.to_str().unwrap(),
+        "--max-new-tokens",
+        "5",
+        "--ignore-eos",
+        "--format",
+        "json",
+    ]);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for l in &lines {
+        assert_eq!(l["output_ids"].as_array().unwrap().len(), 5);
+        assert!(l["text"].is_string());
+    }
+}
+
+#[test]
+fn logits_command_matches_reference() {
+    let r = reference("qwen3_moe");
+    let dir = fixture("qwen3_moe");
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("l.safetensors");
+    let ids: Vec<String> = r.input_ids.iter().map(|x| x.to_string()).collect();
+    specmoe(&[
+        "logits",
+        "--model",
+        dir.to_str().unwrap(),
+        "--token-ids",
+        &ids.join(","),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let bytes = std::fs::read(&out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let l = st.tensor("logits").unwrap();
+    assert_eq!(
+        l.shape(),
+        &[r.input_ids.len(), r.logits.len() / r.input_ids.len()]
+    );
+    let got: Vec<f32> = l
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert!(max_abs_diff(&got, &r.logits) <= 1e-4);
+    assert_eq!(
+        st.tensor("input_ids").unwrap().shape(),
+        &[r.input_ids.len()]
+    );
+}
+
+#[test]
+fn logits_from_prompt_text_uses_the_tokenizer() {
+    let dir = fixture("mixtral");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    let prompt = json["prompt_a"].as_str().unwrap();
+    let r = reference("mixtral");
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("l.safetensors");
+    specmoe(&[
+        "logits",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        prompt,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let bytes = std::fs::read(&out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let ids: Vec<u32> = st
+        .tensor("input_ids")
+        .unwrap()
+        .data()
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
+        .collect();
+    assert_eq!(ids, r.input_ids, "tokenizer(prompt_a) as transformers");
+}
+
+#[test]
+fn bench_on_a_checkpoint_reports_json() {
+    let dir = fixture("mixtral");
+    let (out, _) = specmoe(&[
+        "bench",
+        "--model",
+        dir.to_str().unwrap(),
+        "--batch",
+        "2",
+        "--prompt-len",
+        "8",
+        "--gen-len",
+        "4",
+        "--format",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(v["decode_tok_s"].as_f64().unwrap() > 0.0);
+    assert!(v["weight_gbps"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["stats"]["generated_tokens"].as_u64().unwrap(), 8);
+}
+
+#[test]
+fn generate_without_model_uses_the_bundled_one() {
+    let (out, err) = specmoe(&[
+        "generate",
+        "--prompt",
+        "Once upon a time",
+        "--max-new-tokens",
+        "6",
+    ]);
+    assert!(err.contains("bundled model"), "{err}");
+    assert!(!out.is_empty());
+}
