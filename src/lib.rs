@@ -11,6 +11,7 @@ pub mod engine;
 pub mod error;
 pub mod model;
 pub mod sampling;
+pub mod speculative;
 pub mod synthetic;
 pub mod tensor;
 pub mod tokenizer;
@@ -26,5 +27,16 @@ pub fn bundled_model_dir() -> std::path::PathBuf {
         None => std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("models")
             .join("tiny-mixtral"),
+    }
+}
+
+/// The draft model bundled with [`bundled_model_dir`], used by `--draft` given without a
+/// directory: `$SPECMOE_DRAFT` if set, else `models/tiny-draft` of the source tree.
+pub fn bundled_draft_dir() -> std::path::PathBuf {
+    match std::env::var_os("SPECMOE_DRAFT") {
+        Some(p) => p.into(),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models")
+            .join("tiny-draft"),
     }
 }

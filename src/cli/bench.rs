@@ -1,13 +1,15 @@
 //! `specmoe bench`: prefill and decode throughput of a checkpoint, or of random weights with
 //! the real shapes of a published model (`--shape mixtral-8x7b --layers 2`).
 
-use super::{load_model, RunOpts};
+use super::generate::tokens_per_step;
+use super::{draft_dir, load_draft, load_model, RunOpts};
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 use specmoe::engine::{generate, GenRequest, GenStats};
 use specmoe::model::Model;
 use specmoe::sampling::SamplingParams;
+use specmoe::speculative::{generate_speculative, DraftLen};
 use specmoe::synthetic;
 use specmoe_cpu_kernels::{dispatch, DType};
 use std::path::PathBuf;
@@ -63,6 +65,16 @@ pub struct BenchArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = BenchFormat::Table)]
     format: BenchFormat,
+    /// Prompt text (tokenized, the same for every sequence) instead of random ids;
+    /// `--prompt-len` then caps its length.
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Also run speculative decoding with this draft (bare `--draft`: the bundled draft).
+    #[arg(long, num_args = 0..=1, default_missing_value = "", requires = "model")]
+    draft: Option<PathBuf>,
+    /// Draft lengths to measure, comma-separated (e.g. `1,2,4,8`), or `auto`.
+    #[arg(long, default_value = "1,2,4,8", requires = "draft")]
+    draft_len: String,
     #[command(flatten)]
     run: RunOpts,
 }
@@ -106,6 +118,34 @@ pub struct BenchReport {
     pub weight_gbps: f64,
     /// Raw counters.
     pub stats: GenStats,
+    /// Speculative runs, one per draft length (with `--draft`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub speculative: Vec<SpecRow>,
+}
+
+/// One speculative run of `bench --draft`, measured in the same invocation as the baseline.
+#[derive(Serialize, Debug)]
+pub struct SpecRow {
+    /// `--draft-len` value (a number or `auto`).
+    pub draft_len: String,
+    /// Mean draft length used.
+    pub mean_draft_len: f64,
+    /// Accepted ÷ proposed draft tokens.
+    pub acceptance_rate: f64,
+    /// Mean tokens committed per sequence per target step.
+    pub tokens_per_step: f64,
+    /// Target verification steps.
+    pub target_steps: usize,
+    /// Generated tokens per second during decode.
+    pub decode_tok_s: f64,
+    /// `decode_tok_s` ÷ the baseline's (no draft), same run.
+    pub speedup: f64,
+    /// Seconds in the draft model.
+    pub draft_seconds: f64,
+    /// Seconds in target verification.
+    pub verify_seconds: f64,
+    /// Whether the greedy output equals the baseline's (it must).
+    pub identical_output: bool,
 }
 
 /// Runs `specmoe bench`.
@@ -151,22 +191,60 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     let vocab = model.cfg.vocab_size as u64;
     let mut st = a.seed.wrapping_add(0x5EED);
+    let text_ids = match (&a.prompt, &a.model) {
+        (Some(p), Some(dir)) => {
+            let mut ids = specmoe::tokenizer::Tokenizer::from_dir(dir)?.encode(p)?;
+            ids.truncate(a.prompt_len);
+            Some(ids)
+        }
+        (Some(_), None) => {
+            bail!("--prompt needs --model (random --shape weights have no tokenizer)")
+        }
+        _ => None,
+    };
     let reqs: Vec<GenRequest> = (0..a.batch)
         .map(|_| GenRequest {
-            prompt_ids: (0..a.prompt_len)
-                .map(|_| {
-                    st = st
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    (3 + (st >> 33) % (vocab - 3)) as u32
-                })
-                .collect(),
+            prompt_ids: match &text_ids {
+                Some(ids) => ids.clone(),
+                None => (0..a.prompt_len)
+                    .map(|_| {
+                        st = st
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        (3 + (st >> 33) % (vocab - 3)) as u32
+                    })
+                    .collect(),
+            },
             max_new_tokens: a.gen_len,
             sampling: SamplingParams::default(),
             stop_ids: vec![],
         })
         .collect();
-    let (_, stats) = generate(&model, &reqs, |_, _| {})?;
+    let (base_out, stats) = generate(&model, &reqs, |_, _| {})?;
+    let mut speculative = Vec::new();
+    if let (Some(ddir), Some(mdir)) = (draft_dir(&a.draft), &a.model) {
+        let draft = load_draft(&model, mdir, &ddir, &a.run)?;
+        for l in a.draft_len.split(',').map(|x| x.trim().to_string()) {
+            let dl = DraftLen::parse(&l)?;
+            let (out, s, sp) = generate_speculative(&model, &draft, &reqs, dl, |_, _| {})?;
+            let identical = out
+                .iter()
+                .zip(&base_out)
+                .all(|(x, y)| x.output_ids == y.output_ids);
+            speculative.push(SpecRow {
+                draft_len: l,
+                mean_draft_len: sp.mean_draft_len,
+                acceptance_rate: sp.acceptance_rate(),
+                tokens_per_step: tokens_per_step(&sp),
+                target_steps: sp.target_steps,
+                decode_tok_s: s.decode_tok_s(),
+                speedup: s.decode_tok_s() / stats.decode_tok_s().max(1e-12),
+                draft_seconds: sp.draft_seconds,
+                verify_seconds: sp.verify_seconds,
+                identical_output: identical,
+            });
+        }
+    }
     let steps = stats.decode_steps.max(1) as f64;
     let r = BenchReport {
         model: name,
@@ -185,6 +263,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         weight_bytes_per_step: stats.decode_weight_bytes as f64 / steps,
         weight_gbps: stats.decode_weight_gbps(),
         stats,
+        speculative,
     };
     match a.format {
         BenchFormat::Json => println!("{}", serde_json::to_string(&r)?),
@@ -206,6 +285,24 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 r.weight_bytes_per_step / 1e9,
                 r.weight_gbps
             );
+            if !r.speculative.is_empty() {
+                println!();
+                println!("| draft len | mean k | acceptance | tokens/step | target steps | decode tok/s | speed-up | identical |");
+                println!("|---|---|---|---|---|---|---|---|");
+                for s in &r.speculative {
+                    println!(
+                        "| {} | {:.2} | {:.1} % | {:.2} | {} | {:.2} | {:.2}x | {} |",
+                        s.draft_len,
+                        s.mean_draft_len,
+                        100.0 * s.acceptance_rate,
+                        s.tokens_per_step,
+                        s.target_steps,
+                        s.decode_tok_s,
+                        s.speedup,
+                        s.identical_output
+                    );
+                }
+            }
         }
     }
     Ok(())

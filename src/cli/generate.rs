@@ -1,12 +1,13 @@
 //! `specmoe generate`: text from a prompt, token ids, or a JSONL batch of prompts.
 
-use super::{load_model, model_dir, parse_ids, RunOpts};
+use super::{draft_dir, load_draft, load_model, model_dir, parse_ids, RunOpts};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 use specmoe::checkpoint::GenerationConfig;
 use specmoe::engine::{generate, GenRequest};
 use specmoe::sampling::SamplingParams;
+use specmoe::speculative::{generate_speculative, DraftLen, SpecStats};
 use specmoe::tokenizer::{StreamDecoder, Tokenizer};
 use std::io::Write;
 use std::path::PathBuf;
@@ -56,6 +57,12 @@ pub struct GenerateArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
+    /// Speculative decoding with this draft model (bare `--draft`: the bundled draft).
+    #[arg(long, num_args = 0..=1, default_missing_value = "")]
+    draft: Option<PathBuf>,
+    /// Draft length k: tokens proposed per step, or `auto` to adapt it to the acceptance.
+    #[arg(long, default_value = "4", requires = "draft")]
+    draft_len: String,
     #[command(flatten)]
     run: RunOpts,
 }
@@ -107,9 +114,14 @@ fn read_jsonl(path: &PathBuf) -> Result<Vec<String>> {
 /// Runs `specmoe generate`.
 pub fn run(a: GenerateArgs) -> Result<()> {
     validate(&a)?;
+    let draft_len = DraftLen::parse(&a.draft_len)?;
     a.run.apply()?;
     let dir = model_dir(&a.model);
     let model = load_model(&dir, &a.run)?;
+    let draft = match draft_dir(&a.draft) {
+        Some(d) => Some(load_draft(&model, &dir, &d, &a.run)?),
+        None => None,
+    };
     let tok = Tokenizer::from_dir(&dir);
     let prompts: Vec<Vec<u32>> = if let Some(ids) = &a.token_ids {
         vec![parse_ids(ids)?]
@@ -150,15 +162,26 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         .collect();
     let stream = a.format == Format::Text && reqs.len() == 1 && tok.is_ok();
     let mut dec = StreamDecoder::new();
-    let mut stdout = std::io::stdout().lock();
-    let (outs, stats) = generate(&model, &reqs, |_, id| {
+    let on_token = |_: usize, id: u32| {
         if stream {
             if let Ok(Some(piece)) = dec.push(tok.as_ref().expect("stream implies tokenizer"), id) {
-                let _ = write!(stdout, "{piece}");
-                let _ = stdout.flush();
+                let mut o = std::io::stdout().lock();
+                let _ = write!(o, "{piece}");
+                let _ = o.flush();
             }
         }
-    })?;
+    };
+    let (outs, stats, spec) = match &draft {
+        Some(d) => {
+            let (o, s, sp) = generate_speculative(&model, d, &reqs, draft_len, on_token)?;
+            (o, s, Some(sp))
+        }
+        None => {
+            let (o, s) = generate(&model, &reqs, on_token)?;
+            (o, s, None)
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
     let text_of = |ids: &[u32]| -> String {
         match &tok {
             Ok(t) => t.decode(ids).unwrap_or_default(),
@@ -200,14 +223,26 @@ pub fn run(a: GenerateArgs) -> Result<()> {
                         "prefill_seconds": stats.prefill_seconds,
                         "decode_seconds": stats.decode_seconds,
                         "batch": reqs.len(),
+                        "speculative": spec.as_ref().map(spec_json),
                     }
                 });
                 writeln!(stdout, "{line}")?;
             }
         }
     }
+    let spec_part = match &spec {
+        Some(sp) => format!(
+            ", draft length {} (mean {:.1}), acceptance {:.1} %, {:.2} tokens/step over {} target steps",
+            sp.draft_len,
+            sp.mean_draft_len,
+            100.0 * sp.acceptance_rate(),
+            tokens_per_step(sp),
+            sp.target_steps
+        ),
+        None => String::new(),
+    };
     eprintln!(
-        "prompt tokens: {}, prefill: {:.1} tok/s, decode: {:.2} tok/s ({} tokens in {:.2} s, batch {})",
+        "prompt tokens: {}, prefill: {:.1} tok/s, decode: {:.2} tok/s ({} tokens in {:.2} s, batch {}){spec_part}",
         stats.prompt_tokens,
         stats.prefill_tok_s(),
         stats.decode_tok_s(),
@@ -216,4 +251,28 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         reqs.len()
     );
     Ok(())
+}
+
+/// Mean tokens committed per sequence per target step (accepted drafts + 1).
+pub fn tokens_per_step(sp: &SpecStats) -> f64 {
+    if sp.seq_steps == 0 {
+        0.0
+    } else {
+        (sp.accepted + sp.seq_steps) as f64 / sp.seq_steps as f64
+    }
+}
+
+/// The `speculative` object of JSON stats.
+pub fn spec_json(sp: &SpecStats) -> serde_json::Value {
+    json!({
+        "draft_len": sp.draft_len,
+        "mean_draft_len": sp.mean_draft_len,
+        "acceptance_rate": sp.acceptance_rate(),
+        "tokens_per_step": tokens_per_step(sp),
+        "target_steps": sp.target_steps,
+        "proposed": sp.proposed,
+        "accepted": sp.accepted,
+        "draft_seconds": sp.draft_seconds,
+        "verify_seconds": sp.verify_seconds,
+    })
 }

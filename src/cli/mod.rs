@@ -108,6 +108,44 @@ pub fn model_dir(arg: &Option<PathBuf>) -> PathBuf {
     }
 }
 
+/// The draft directory from `--draft [DIR]`: `None` without the flag, the bundled draft for
+/// a bare `--draft`.
+pub fn draft_dir(arg: &Option<PathBuf>) -> Option<PathBuf> {
+    arg.as_ref().map(|p| {
+        if p.as_os_str().is_empty() {
+            let d = specmoe::bundled_draft_dir();
+            eprintln!("using the bundled draft model {}", d.display());
+            d
+        } else {
+            p.clone()
+        }
+    })
+}
+
+/// Loads a draft model and checks that it shares the target's tokenizer.
+pub fn load_draft(
+    target: &Model,
+    target_dir: &std::path::Path,
+    dir: &std::path::Path,
+    opts: &RunOpts,
+) -> Result<Model> {
+    let d = load_model(dir, opts).context("--draft")?;
+    let vocab_of = |p: &std::path::Path| {
+        specmoe::tokenizer::Tokenizer::from_dir(p)
+            .ok()
+            .map(|t| t.vocab())
+    };
+    let (tv, dv) = (vocab_of(target_dir), vocab_of(dir));
+    specmoe::speculative::check_pair(target, &d, tv.as_ref(), dv.as_ref()).with_context(|| {
+        format!(
+            "target {} and draft {}",
+            target_dir.display(),
+            dir.display()
+        )
+    })?;
+    Ok(d)
+}
+
 /// Loads the model of `dir`, naming the directory in errors.
 pub fn load_model(dir: &std::path::Path, opts: &RunOpts) -> Result<Model> {
     let m = Model::load(dir, opts.kv_dtype.into())

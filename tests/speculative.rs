@@ -1,0 +1,334 @@
+//! Speculative decoding is lossless: greedy output identical to the target alone, for every
+//! MoE fixture, for batches of mixed lengths and for every draft length; sampled output
+//! follows the target's distribution (chi-square test); KV rollback equals a recompute.
+
+mod common;
+
+use common::{fixture, max_abs_diff, reference};
+use specmoe::engine::{generate, GenRequest};
+use specmoe::model::{LogitRows, Model, SeqStep};
+use specmoe::sampling::SamplingParams;
+use specmoe::speculative::{generate_speculative, DraftLen};
+use specmoe_cpu_kernels::DType;
+
+fn load(name: &str) -> Model {
+    Model::load(&fixture(name), DType::F32).unwrap()
+}
+
+fn greedy(ids: &[u32], n: usize, stop: Vec<u32>) -> GenRequest {
+    GenRequest {
+        prompt_ids: ids.to_vec(),
+        max_new_tokens: n,
+        sampling: SamplingParams::default(),
+        stop_ids: stop,
+    }
+}
+
+/// (target, draft sharing its tokenizer) for every MoE fixture.
+const PAIRS: [(&str, &str); 6] = [
+    ("mixtral", "llama"),
+    ("mixtral_sharded", "mistral"),
+    ("mixtral_bf16", "llama"),
+    ("olmoe", "mistral"),
+    ("qwen2_moe", "qwen2"),
+    ("qwen3_moe", "qwen3"),
+];
+
+#[test]
+fn greedy_output_is_identical_with_a_draft() {
+    for (t, d) in PAIRS {
+        let (target, draft) = (load(t), load(d));
+        let r = reference(t);
+        for ids in [&r.input_ids, &r.input_ids_b] {
+            let req = greedy(ids, 24, vec![]);
+            let (plain, _) = generate(&target, std::slice::from_ref(&req), |_, _| {}).unwrap();
+            for dl in [
+                DraftLen::Fixed(1),
+                DraftLen::Fixed(3),
+                DraftLen::Fixed(8),
+                DraftLen::Auto { start: 2, max: 8 },
+            ] {
+                let (spec, _, st) = generate_speculative(
+                    &target,
+                    &draft,
+                    std::slice::from_ref(&req),
+                    dl,
+                    |_, _| {},
+                )
+                .unwrap();
+                assert_eq!(
+                    spec[0].output_ids, plain[0].output_ids,
+                    "{t} with draft {d}, {dl:?}"
+                );
+                assert!(st.target_steps >= 1 && st.proposed > 0);
+            }
+        }
+    }
+}
+
+#[test]
+fn target_as_its_own_draft_accepts_everything() {
+    let target = load("mixtral");
+    let r = reference("mixtral");
+    let req = greedy(&r.input_ids, 25, vec![]);
+    let (out, _, st) =
+        generate_speculative(&target, &target, &[req], DraftLen::Fixed(4), |_, _| {}).unwrap();
+    assert_eq!(out[0].output_ids[..], r.greedy_ids[..25]);
+    assert_eq!(
+        st.accepted, st.proposed,
+        "a draft equal to the target must be fully accepted"
+    );
+    // 1 token from prefill, then 24 in steps of k+1 = 5.
+    assert_eq!(st.target_steps, 5);
+}
+
+#[test]
+fn mixed_batch_finishes_independently() {
+    let (target, draft) = (load("qwen2_moe"), load("qwen2"));
+    let r = reference("qwen2_moe");
+    let stop = r.greedy_ids[4];
+    let reqs = vec![
+        greedy(&r.input_ids, 20, vec![]),
+        greedy(&r.input_ids_b, 7, vec![]),
+        greedy(&r.input_ids, 30, vec![stop]),
+        greedy(&r.input_ids_b, 1, vec![]),
+    ];
+    let emitted = std::cell::RefCell::new(vec![Vec::new(); reqs.len()]);
+    let (spec, _, _) = generate_speculative(&target, &draft, &reqs, DraftLen::Fixed(5), |i, t| {
+        emitted.borrow_mut()[i].push(t)
+    })
+    .unwrap();
+    for (i, rq) in reqs.iter().enumerate() {
+        let (alone, _) = generate(&target, std::slice::from_ref(rq), |_, _| {}).unwrap();
+        assert_eq!(spec[i].output_ids, alone[0].output_ids, "sequence {i}");
+        assert_eq!(
+            spec[i].finish, alone[0].finish,
+            "sequence {i} finish reason"
+        );
+        assert_eq!(
+            emitted.borrow()[i],
+            spec[i].output_ids,
+            "sequence {i} streamed tokens"
+        );
+    }
+    assert_eq!(spec[2].output_ids.last(), Some(&stop));
+    assert_eq!(spec[1].output_ids.len(), 7);
+    assert_eq!(spec[3].output_ids.len(), 1);
+}
+
+#[test]
+fn kv_rollback_equals_recompute() {
+    let model = load("mixtral");
+    let r = reference("mixtral");
+    let ids = &r.input_ids;
+    let p = ids.len();
+    let mut cache = model.new_cache();
+    model
+        .forward(
+            &mut [SeqStep {
+                tokens: &ids[..p - 4],
+                cache: &mut cache,
+                logits: LogitRows::Last(1),
+            }],
+            false,
+        )
+        .unwrap();
+    // A verification block of 4 whose last 3 are "rejected"…
+    model
+        .forward(
+            &mut [SeqStep {
+                tokens: &[7, 8, 9, 10],
+                cache: &mut cache,
+                logits: LogitRows::All,
+            }],
+            false,
+        )
+        .unwrap();
+    cache.truncate(p - 3);
+    // …then the real continuation.
+    let out = model
+        .forward(
+            &mut [SeqStep {
+                tokens: &ids[p - 3..],
+                cache: &mut cache,
+                logits: LogitRows::All,
+            }],
+            false,
+        )
+        .unwrap();
+    // Position p-4 holds token 7 instead of ids[p-4].
+    let mut alt = ids.clone();
+    alt[p - 4] = 7;
+    let mut fresh = model.new_cache();
+    let full = model
+        .forward(
+            &mut [SeqStep {
+                tokens: &alt,
+                cache: &mut fresh,
+                logits: LogitRows::Last(3),
+            }],
+            false,
+        )
+        .unwrap();
+    assert!(max_abs_diff(&out.logits[0], &full.logits[0]) < 1e-5);
+}
+
+#[test]
+fn draft_len_parsing() {
+    assert_eq!(DraftLen::parse("4").unwrap(), DraftLen::Fixed(4));
+    assert!(matches!(
+        DraftLen::parse("auto").unwrap(),
+        DraftLen::Auto { .. }
+    ));
+    for bad in ["0", "99", "x", ""] {
+        assert!(DraftLen::parse(bad)
+            .unwrap_err()
+            .to_string()
+            .contains("--draft-len"));
+    }
+}
+
+/// Upper `alpha` quantile of chi-square with `df` degrees of freedom (Wilson–Hilferty;
+/// accurate to a few percent for df ≥ 3, and conservative enough for our use).
+fn chi2_critical(df: f64, z: f64) -> f64 {
+    let a = 2.0 / (9.0 * df);
+    df * (1.0 - a + z * a.sqrt()).powi(3)
+}
+
+/// Pearson statistic of observed tokens against expected counts, bins with expectation
+/// below 5 merged into one; returns (statistic, degrees of freedom).
+fn pearson(observed: &[f64], expected: &[f64]) -> (f64, f64) {
+    let (mut stat, mut bins) = (0.0, 0.0);
+    let (mut o_rest, mut e_rest) = (0.0, 0.0);
+    for (o, e) in observed.iter().zip(expected) {
+        if *e >= 5.0 {
+            stat += (o - e) * (o - e) / e;
+            bins += 1.0;
+        } else {
+            o_rest += o;
+            e_rest += e;
+        }
+    }
+    if e_rest > 0.0 {
+        stat += (o_rest - e_rest) * (o_rest - e_rest) / e_rest.max(1e-9);
+        bins += 1.0;
+    }
+    (stat, bins - 1.0)
+}
+
+/// For each seed, generates 4 tokens and accumulates, at generated positions 1..=3 (those
+/// produced by speculative steps), the observed token and the target's exact conditional
+/// distribution given the realised prefix. Returns per position (observed, expected).
+fn sample_positions(
+    target: &Model,
+    mut gen: impl FnMut(&GenRequest) -> Vec<u32>,
+    prompt: &[u32],
+    params: &SamplingParams,
+    seeds: u64,
+) -> Vec<(Vec<f64>, Vec<f64>)> {
+    let vocab = target.cfg.vocab_size;
+    let mut acc = vec![(vec![0.0; vocab], vec![0.0; vocab]); 3];
+    for seed in 0..seeds {
+        let req = GenRequest {
+            prompt_ids: prompt.to_vec(),
+            max_new_tokens: 4,
+            sampling: SamplingParams {
+                seed,
+                ..params.clone()
+            },
+            stop_ids: vec![],
+        };
+        let out = gen(&req);
+        let mut seq = prompt.to_vec();
+        seq.extend_from_slice(&out[..3]);
+        let mut cache = target.new_cache();
+        let f = target
+            .forward(
+                &mut [SeqStep {
+                    tokens: &seq,
+                    cache: &mut cache,
+                    logits: LogitRows::Last(3),
+                }],
+                false,
+            )
+            .unwrap();
+        for j in 0..3 {
+            // Row j predicts generated token j + 1.
+            let p = params.probs(&f.logits[0][j * vocab..(j + 1) * vocab]);
+            acc[j].0[out[j + 1] as usize] += 1.0;
+            for (e, pv) in acc[j].1.iter_mut().zip(&p) {
+                *e += *pv as f64;
+            }
+        }
+    }
+    acc
+}
+
+/// z for an upper tail of 1e-4: each position's test fails falsely with probability ≤ 1e-4,
+/// so this test (3 positions) has a false-failure rate ≤ 3e-4.
+const Z_1E4: f64 = 3.719;
+
+#[test]
+fn speculative_sampling_follows_the_target_distribution() {
+    let (target, draft) = (load("mixtral"), load("llama"));
+    let r = reference("mixtral");
+    let params = SamplingParams {
+        temperature: 1.0,
+        top_k: 40,
+        top_p: 0.95,
+        seed: 0,
+    };
+    let seeds = 3000;
+    let spec = sample_positions(
+        &target,
+        |rq| {
+            generate_speculative(
+                &target,
+                &draft,
+                std::slice::from_ref(rq),
+                DraftLen::Fixed(3),
+                |_, _| {},
+            )
+            .unwrap()
+            .0[0]
+                .output_ids
+                .clone()
+        },
+        &r.input_ids,
+        &params,
+        seeds,
+    );
+    for (j, (obs, exp)) in spec.iter().enumerate() {
+        let (stat, df) = pearson(obs, exp);
+        let crit = chi2_critical(df, Z_1E4);
+        eprintln!(
+            "position {}: chi2 {stat:.1} on {df} df (critical {crit:.1})",
+            j + 1
+        );
+        assert!(df >= 3.0, "too few bins to test position {}", j + 1);
+        assert!(
+            stat < crit,
+            "position {}: speculative samples deviate from the target (chi2 {stat:.1} ≥ {crit:.1})",
+            j + 1
+        );
+    }
+    // Power: the same test rejects samples drawn from the draft model alone.
+    let wrong = sample_positions(
+        &target,
+        |rq| {
+            generate(&draft, std::slice::from_ref(rq), |_, _| {})
+                .unwrap()
+                .0[0]
+                .output_ids
+                .clone()
+        },
+        &r.input_ids,
+        &params,
+        600,
+    );
+    let (stat, df) = pearson(&wrong[0].0, &wrong[0].1);
+    assert!(
+        stat > chi2_critical(df, Z_1E4),
+        "the test must be able to tell the draft from the target (chi2 {stat:.1})"
+    );
+}
