@@ -114,3 +114,35 @@ fn llama3_rope_scaling_bands() {
         "some band is smoothed"
     );
 }
+
+#[test]
+fn generation_config_eos_list_stops_generation() {
+    use specmoe::checkpoint::GenerationConfig;
+    use specmoe::engine::{generate, FinishReason, GenRequest};
+    use specmoe::sampling::SamplingParams;
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2_moe");
+    let g = GenerationConfig::load(&dir).unwrap();
+    assert_eq!(g.eos_token_ids, [2, 3]);
+    // Stopping works on any id of such a list: use the 4th greedy token as the second EOS.
+    let model = specmoe::model::Model::load(&dir, specmoe_cpu_kernels::DType::F32).unwrap();
+    let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let as_ids = |n: &str| -> Vec<u32> {
+        st.tensor(n)
+            .unwrap()
+            .data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
+            .collect()
+    };
+    let (prompt, greedy) = (as_ids("input_ids"), as_ids("greedy_ids"));
+    let req = GenRequest {
+        prompt_ids: prompt,
+        max_new_tokens: 32,
+        sampling: SamplingParams::default(),
+        stop_ids: vec![g.eos_token_ids[0], greedy[3]],
+    };
+    let (out, _) = generate(&model, &[req], |_, _| {}).unwrap();
+    assert_eq!(out[0].output_ids, greedy[..4]);
+    assert_eq!(out[0].finish, FinishReason::Eos);
+}
