@@ -168,7 +168,7 @@ impl ModelConfig {
             Some(m) => {
                 m.num_experts > 0
                     && !m.mlp_only_layers.contains(&i)
-                    && (i + 1) % m.decoder_sparse_step.max(1) == 0
+                    && (i + 1).is_multiple_of(m.decoder_sparse_step.max(1))
             }
         }
     }

@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod kernel_bench;
 pub mod model;
 pub mod sampling;
 pub mod speculative;

@@ -194,3 +194,37 @@ fn generate_without_model_uses_the_bundled_one() {
     assert!(err.contains("bundled model"), "{err}");
     assert!(!out.is_empty());
 }
+
+#[test]
+fn bench_kernels_reports_named_entries() {
+    let (out, _) = specmoe(&[
+        "bench",
+        "kernels",
+        "--quick",
+        "--format",
+        "json",
+        "--threads",
+        "1",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(v["ceilings"]["dram_read"][0]["gbps"].as_f64().unwrap() > 0.0);
+    let names: Vec<&str> = v["kernels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap())
+        .collect();
+    for want in [
+        "matmul_bf16_t1",
+        "matmul_bf16_t8",
+        "matmul_bf16_t64",
+        "attn_verify_n1_l2048",
+        "attn_verify_n8_l2048",
+    ] {
+        assert!(names.contains(&want), "missing {want} in {names:?}");
+    }
+    for k in v["kernels"].as_array().unwrap() {
+        assert!(k["seconds"].as_f64().unwrap() > 0.0);
+        assert!(["memory", "compute"].contains(&k["bound"].as_str().unwrap()));
+    }
+}

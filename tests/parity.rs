@@ -101,14 +101,16 @@ fn routing_matches_transformers() {
         assert_eq!(routing.len(), n_layers, "{name}: MoE layer count");
         for (li, (layer, rt)) in routing.iter().enumerate() {
             assert_eq!(*layer as i64, layers[li], "{name}: MoE layer index");
-            for t in 0..n_tok {
-                for j in 0..k {
+            assert_eq!(rt.len(), n_tok, "{name}: routed token count");
+            for (t, choices) in rt.iter().enumerate() {
+                assert_eq!(choices.len(), k, "{name}: top-k");
+                for (j, &(expert, weight)) in choices.iter().enumerate() {
                     let at = (li * n_tok + t) * k + j;
                     assert_eq!(
-                        rt[t][j].0 as i64, topk[at],
+                        expert as i64, topk[at],
                         "{name}: layer {layer} token {t} choice {j}"
                     );
-                    let dw = (rt[t][j].1 - weights[at]).abs();
+                    let dw = (weight - weights[at]).abs();
                     assert!(
                         dw < 1e-5,
                         "{name}: layer {layer} token {t} weight differs by {dw}"

@@ -141,6 +141,17 @@ pub fn set_active(isa: Isa) -> Result<(), IsaError> {
     Ok(())
 }
 
+/// `isa` if this CPU can run it, else [`Isa::Scalar`]: what every `*_with` entry point
+/// actually runs, so asking for a missing path degrades to the portable code instead of
+/// executing an unsupported instruction.
+pub fn usable(isa: Isa) -> Isa {
+    if isa.is_supported() {
+        isa
+    } else {
+        Isa::Scalar
+    }
+}
+
 /// The path in use: set by [`set_active`], else `SPECMOE_ISA`, else [`detect`].
 ///
 /// An invalid `SPECMOE_ISA` falls back to detection with a warning on stderr.

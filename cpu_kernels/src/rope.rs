@@ -2,7 +2,11 @@
 //! for `j < d/2`, `(x_j, x_{j+d/2}) ← (x_j cos θ − x_{j+d/2} sin θ, x_{j+d/2} cos θ + x_j sin θ)`
 //! with `θ = pos · inv_freq[j]` (Su et al. 2021, RoFormer, eq. 34).
 
-/// Applies RoPE in place to `x` of shape `[n, heads, d]`, token `i` at `positions[i]`.
+use crate::dispatch::{active, usable, Isa};
+use crate::simd::{isa_entry, Simd};
+
+/// Applies RoPE in place to `x` of shape `[n, heads, d]`, token `i` at `positions[i]`, on
+/// the active path.
 ///
 /// `inv_freq` has `d/2` entries (after any `rope_scaling`); the angle is computed in f32
 /// as transformers does (`pos as f32 * inv_freq`), then multiplied by `attention_scaling`
@@ -16,6 +20,22 @@ pub fn rope_inplace(
     inv_freq: &[f32],
     attention_scaling: f32,
 ) {
+    rope_inplace_with(active(), x, heads, positions, inv_freq, attention_scaling)
+}
+
+/// [`rope_inplace`] on an explicit path. cos/sin are computed in scalar f32 on every path
+/// and the rotation uses separate multiplies and adds (no FMA), so all paths give
+/// bit-identical results.
+///
+/// Panics if shapes disagree.
+pub fn rope_inplace_with(
+    isa: Isa,
+    x: &mut [f32],
+    heads: usize,
+    positions: &[usize],
+    inv_freq: &[f32],
+    attention_scaling: f32,
+) {
     let half = inv_freq.len();
     let d = 2 * half;
     assert_eq!(
@@ -23,6 +43,7 @@ pub fn rope_inplace(
         positions.len() * heads * d,
         "rope: x must be [n, heads, d]"
     );
+    let isa = usable(isa);
     let mut cos = vec![0.0f32; half];
     let mut sin = vec![0.0f32; half];
     for (i, &pos) in positions.iter().enumerate() {
@@ -33,12 +54,55 @@ pub fn rope_inplace(
         }
         for h in 0..heads {
             let v = &mut x[(i * heads + h) * d..(i * heads + h + 1) * d];
-            for j in 0..half {
-                let a = v[j];
-                let b = v[j + half];
-                v[j] = a * cos[j] - b * sin[j];
-                v[j + half] = b * cos[j] + a * sin[j];
+            if isa == Isa::Scalar {
+                for j in 0..half {
+                    let a = v[j];
+                    let b = v[j + half];
+                    v[j] = a * cos[j] - b * sin[j];
+                    v[j + half] = b * cos[j] + a * sin[j];
+                }
+            } else {
+                // SAFETY: `v` has `2 * half` f32, `cos`/`sin` have `half`.
+                unsafe { rope_run(isa, v.as_mut_ptr(), cos.as_ptr(), sin.as_ptr(), half) };
             }
         }
     }
+}
+
+#[inline(always)]
+unsafe fn rope_generic<S: Simd>(v: *mut f32, cos: *const f32, sin: *const f32, half: usize) {
+    let mut j = 0;
+    while j + S::L <= half {
+        let (a, b) = (S::load(v.add(j)), S::load(v.add(j + half)));
+        let (x, y) = rotate::<S>(a, b, S::load(cos.add(j)), S::load(sin.add(j)));
+        S::store(v.add(j), x);
+        S::store(v.add(j + half), y);
+        j += S::L;
+    }
+    if j < half {
+        let n = half - j;
+        let (a, b) = (
+            S::load_partial(v.add(j), n),
+            S::load_partial(v.add(j + half), n),
+        );
+        let (x, y) = rotate::<S>(
+            a,
+            b,
+            S::load_partial(cos.add(j), n),
+            S::load_partial(sin.add(j), n),
+        );
+        S::store_partial(v.add(j), x, n);
+        S::store_partial(v.add(j + half), y, n);
+    }
+}
+
+isa_entry!(fn rope_run => rope_generic(v: *mut f32, cos: *const f32, sin: *const f32, half: usize));
+
+/// `(a cos − b sin, b cos + a sin)` with separate roundings, as the scalar code.
+#[inline(always)]
+unsafe fn rotate<S: Simd>(a: S::V, b: S::V, c: S::V, s: S::V) -> (S::V, S::V) {
+    (
+        S::sub(S::mul(a, c), S::mul(b, s)),
+        S::add(S::mul(b, c), S::mul(a, s)),
+    )
 }

@@ -35,9 +35,33 @@ pub enum WeightDtype {
     F32,
 }
 
+/// `specmoe bench` subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchKind {
+    /// Measure this machine's ceilings (DRAM bandwidth, FMA peak) and each kernel's share of
+    /// the ceiling that bounds it.
+    Kernels(KernelArgs),
+}
+
+/// Arguments of `specmoe bench kernels`.
+#[derive(Args, Debug)]
+pub struct KernelArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = BenchFormat::Table)]
+    format: BenchFormat,
+    /// Shorter runs (256 MiB bandwidth buffer, 3 repetitions): seconds instead of tens.
+    #[arg(long)]
+    quick: bool,
+    #[command(flatten)]
+    run: RunOpts,
+}
+
 /// Arguments of `specmoe bench`.
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    kind: Option<BenchKind>,
     /// Model directory to benchmark.
     #[arg(long, conflicts_with = "shape", required_unless_present = "shape")]
     model: Option<PathBuf>,
@@ -148,8 +172,22 @@ pub struct SpecRow {
     pub identical_output: bool,
 }
 
+/// Runs `specmoe bench kernels`.
+fn run_kernels(a: KernelArgs) -> Result<()> {
+    a.run.apply()?;
+    let report = specmoe::kernel_bench::run(a.run.threads, a.quick);
+    match a.format {
+        BenchFormat::Json => println!("{}", serde_json::to_string(&report)?),
+        BenchFormat::Table => print!("{}", report.to_table()),
+    }
+    Ok(())
+}
+
 /// Runs `specmoe bench`.
 pub fn run(a: BenchArgs) -> Result<()> {
+    if let Some(BenchKind::Kernels(k)) = a.kind {
+        return run_kernels(k);
+    }
     a.run.apply()?;
     if a.batch == 0 || a.prompt_len == 0 || a.gen_len == 0 {
         bail!("--batch, --prompt-len and --gen-len must be at least 1");

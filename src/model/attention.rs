@@ -4,8 +4,8 @@
 //! together, so each weight is read once per step.
 
 use super::weights::{AttnWeights, Linear};
-use super::{KvCache, SeqStep};
-use crate::config::{ModelConfig, QkNorm};
+use super::{KvCache, Model, SeqStep};
+use crate::config::QkNorm;
 use specmoe_cpu_kernels::attention::{attention_verify_batch, AttnShape, AttnTask};
 use specmoe_cpu_kernels::matmul::matmul;
 use specmoe_cpu_kernels::norm::rms_norm_inplace;
@@ -27,12 +27,11 @@ pub(crate) fn linear(x: &[f32], tokens: usize, lin: &Linear, bytes: &mut u64) ->
     out
 }
 
-/// Runs attention of `layer` for the normed hidden states `h` (`[T, hidden]`, the tokens of
+/// Runs attention of `layer` of `model` for the normed hidden states `h` (`[T, hidden]`, the tokens of
 /// all `steps` concatenated); `starts[i]` is sequence i's cache length before this step.
 /// Appends the step's keys/values to each cache and returns the o-projection `[T, hidden]`.
 pub(crate) fn attention_block(
-    cfg: &ModelConfig,
-    inv_freq: &[f32],
+    model: &Model,
     w: &AttnWeights,
     layer: usize,
     h: &[f32],
@@ -40,6 +39,7 @@ pub(crate) fn attention_block(
     starts: &[usize],
     bytes: &mut u64,
 ) -> Vec<f32> {
+    let (cfg, inv_freq) = (&model.cfg, &model.inv_freq[..]);
     let t_total: usize = steps.iter().map(|s| s.tokens.len()).sum();
     let (nh, nkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
     let mut q = linear(h, t_total, &w.q, bytes);

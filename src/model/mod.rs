@@ -173,8 +173,7 @@ impl Model {
             let mut h = x.clone();
             rms_norm_inplace(&mut h, &lw.input_norm, cfg.rms_norm_eps);
             let a = attention::attention_block(
-                cfg,
-                &self.inv_freq,
+                self,
                 &lw.attn,
                 li,
                 &h,
