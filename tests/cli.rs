@@ -228,3 +228,62 @@ fn bench_kernels_reports_named_entries() {
         assert!(["memory", "compute"].contains(&k["bound"].as_str().unwrap()));
     }
 }
+
+#[test]
+fn bare_draft_flag_uses_the_bundled_draft() {
+    let t = tempfile::tempdir().unwrap();
+    // A bare --draft resolves to $SPECMOE_DRAFT (here a fixture sharing the target's tokenizer).
+    let out = Command::new(env!("CARGO_BIN_EXE_specmoe"))
+        .env("SPECMOE_DRAFT", fixture("llama"))
+        .args([
+            "generate",
+            "--model",
+            fixture("mixtral").to_str().unwrap(),
+            "--token-ids",
+            "1,5,9",
+            "--max-new-tokens",
+            "6",
+            "--draft",
+            "--format",
+            "json",
+        ])
+        .current_dir(t.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("bundled draft"), "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert!(v["stats"]["speculative"]["target_steps"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn mismatched_draft_tokenizer_is_refused() {
+    let d = common::copy_fixture("llama");
+    let p = d.path().join("tokenizer.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let vocab = v["model"]["vocab"].as_object_mut().unwrap();
+    let key = vocab.keys().find(|k| k.len() > 2).unwrap().clone();
+    let id = vocab.remove(&key).unwrap();
+    vocab.insert(format!("{key}X"), id);
+    std::fs::write(&p, v.to_string()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_specmoe"))
+        .args([
+            "generate",
+            "--model",
+            fixture("mixtral").to_str().unwrap(),
+            "--token-ids",
+            "1,5",
+            "--draft",
+            d.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("tokenizer") && !err.contains("panicked"),
+        "{err}"
+    );
+}

@@ -2,7 +2,7 @@
 //! the real shapes of a published model (`--shape mixtral-8x7b --layers 2`).
 
 use super::generate::tokens_per_step;
-use super::{draft_dir, load_draft, load_model, RunOpts};
+use super::{draft_dir, load_draft, load_model, RunOpts, BUNDLED_DRAFT};
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
@@ -94,7 +94,7 @@ pub struct BenchArgs {
     #[arg(long)]
     prompt: Option<String>,
     /// Also run speculative decoding with this draft (bare `--draft`: the bundled draft).
-    #[arg(long, num_args = 0..=1, default_missing_value = "", requires = "model")]
+    #[arg(long, num_args = 0..=1, default_missing_value = BUNDLED_DRAFT, requires = "model")]
     draft: Option<PathBuf>,
     /// Draft lengths to measure, comma-separated (e.g. `1,2,4,8`), or `auto`.
     #[arg(long, default_value = "1,2,4,8", requires = "draft")]

@@ -1,6 +1,6 @@
 //! `specmoe generate`: text from a prompt, token ids, or a JSONL batch of prompts.
 
-use super::{draft_dir, load_draft, load_model, model_dir, parse_ids, RunOpts};
+use super::{draft_dir, load_draft, load_model, model_dir, parse_ids, RunOpts, BUNDLED_DRAFT};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::json;
@@ -58,7 +58,7 @@ pub struct GenerateArgs {
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
     /// Speculative decoding with this draft model (bare `--draft`: the bundled draft).
-    #[arg(long, num_args = 0..=1, default_missing_value = "")]
+    #[arg(long, num_args = 0..=1, default_missing_value = BUNDLED_DRAFT)]
     draft: Option<PathBuf>,
     /// Draft length k: tokens proposed per step, or `auto` to adapt it to the acceptance.
     #[arg(long, default_value = "4", requires = "draft")]

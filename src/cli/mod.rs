@@ -108,11 +108,14 @@ pub fn model_dir(arg: &Option<PathBuf>) -> PathBuf {
     }
 }
 
+/// The value a bare `--draft` stands for: the bundled draft model.
+pub const BUNDLED_DRAFT: &str = "@bundled";
+
 /// The draft directory from `--draft [DIR]`: `None` without the flag, the bundled draft for
 /// a bare `--draft`.
 pub fn draft_dir(arg: &Option<PathBuf>) -> Option<PathBuf> {
     arg.as_ref().map(|p| {
-        if p.as_os_str().is_empty() {
+        if p.as_os_str() == BUNDLED_DRAFT {
             let d = specmoe::bundled_draft_dir();
             eprintln!("using the bundled draft model {}", d.display());
             d
