@@ -87,6 +87,30 @@ fn rate(x: f64, s: f64) -> f64 {
     }
 }
 
+/// Checks every prompt against the context `ctx` and returns stats with the prompt tokens
+/// counted.
+///
+/// Errors: an empty prompt, or one longer than `ctx`.
+pub(crate) fn check_requests(reqs: &[GenRequest], ctx: usize) -> Result<GenStats> {
+    for (i, r) in reqs.iter().enumerate() {
+        if r.prompt_ids.is_empty() {
+            return Err(Error::Input(format!(
+                "prompt {i} is empty: at least one token is needed"
+            )));
+        }
+        if r.prompt_ids.len() > ctx {
+            return Err(Error::Input(format!(
+                "prompt {i} has {} tokens, more than the model's context of {ctx}",
+                r.prompt_ids.len()
+            )));
+        }
+    }
+    Ok(GenStats {
+        prompt_tokens: reqs.iter().map(|r| r.prompt_ids.len()).sum(),
+        ..Default::default()
+    })
+}
+
 struct Running {
     cache: KvCache,
     sampler: Sampler,
@@ -104,23 +128,7 @@ pub fn generate(
     mut on_token: impl FnMut(usize, u32),
 ) -> Result<(Vec<GenOutput>, GenStats)> {
     let ctx = model.context_len();
-    for (i, r) in reqs.iter().enumerate() {
-        if r.prompt_ids.is_empty() {
-            return Err(Error::Input(format!(
-                "prompt {i} is empty: at least one token is needed"
-            )));
-        }
-        if r.prompt_ids.len() > ctx {
-            return Err(Error::Input(format!(
-                "prompt {i} has {} tokens, more than the model's context of {ctx}",
-                r.prompt_ids.len()
-            )));
-        }
-    }
-    let mut stats = GenStats {
-        prompt_tokens: reqs.iter().map(|r| r.prompt_ids.len()).sum(),
-        ..Default::default()
-    };
+    let mut stats = check_requests(reqs, ctx)?;
     let mut run: Vec<Running> = reqs
         .iter()
         .map(|r| Running {

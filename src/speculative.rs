@@ -10,7 +10,7 @@
 //! from `norm(max(0, p − q))`, and draw the bonus token from `p`, with the same
 //! temperature / top-k / top-p processing applied to `p` (target) and `q` (draft).
 
-use crate::engine::{FinishReason, GenOutput, GenRequest, GenStats};
+use crate::engine::{check_requests, FinishReason, GenOutput, GenRequest, GenStats};
 use crate::error::{Error, Result};
 use crate::model::{KvCache, LogitRows, Model, SeqStep};
 use crate::sampling::Sampler;
@@ -139,23 +139,7 @@ pub fn generate_speculative(
     mut on_token: impl FnMut(usize, u32),
 ) -> Result<(Vec<GenOutput>, GenStats, SpecStats)> {
     let ctx = target.context_len().min(draft.context_len());
-    for (i, r) in reqs.iter().enumerate() {
-        if r.prompt_ids.is_empty() {
-            return Err(Error::Input(format!(
-                "prompt {i} is empty: at least one token is needed"
-            )));
-        }
-        if r.prompt_ids.len() > ctx {
-            return Err(Error::Input(format!(
-                "prompt {i} has {} tokens, more than the context of {ctx}",
-                r.prompt_ids.len()
-            )));
-        }
-    }
-    let mut stats = GenStats {
-        prompt_tokens: reqs.iter().map(|r| r.prompt_ids.len()).sum(),
-        ..Default::default()
-    };
+    let mut stats = check_requests(reqs, ctx)?;
     let mut spec = SpecStats::default();
     let mut seqs: Vec<Seq> = reqs
         .iter()
