@@ -287,3 +287,63 @@ fn mismatched_draft_tokenizer_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn bench_with_a_draft_reports_each_draft_length_over_rounds() {
+    let (out, _) = specmoe(&[
+        "bench",
+        "--model",
+        fixture("mixtral").to_str().unwrap(),
+        "--draft",
+        fixture("llama").to_str().unwrap(),
+        "--draft-len",
+        "1,auto",
+        "--repeat",
+        "2",
+        "--prompt-len",
+        "6",
+        "--gen-len",
+        "8",
+        "--format",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["rounds"].as_u64(), Some(2));
+    let rows = v["speculative"].as_array().unwrap();
+    let lens: Vec<&str> = rows
+        .iter()
+        .map(|r| r["draft_len"].as_str().unwrap())
+        .collect();
+    assert_eq!(lens, ["1", "auto"]);
+    for r in rows {
+        assert_eq!(r["identical_output"].as_bool(), Some(true), "{r}");
+        let acc = r["acceptance_rate"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc), "{r}");
+        assert!(r["speedup"].as_f64().unwrap() > 0.0, "{r}");
+        // Each step commits between 1 and k + 1 tokens per sequence.
+        let tps = r["tokens_per_step"].as_f64().unwrap();
+        assert!(
+            tps >= 1.0 && tps <= r["mean_draft_len"].as_f64().unwrap() + 1.0,
+            "{r}"
+        );
+    }
+    // k = 1: 7 decode tokens after the first need between 4 and 7 target steps.
+    let steps = rows[0]["target_steps"].as_u64().unwrap();
+    assert!((4..=7).contains(&steps), "{}", rows[0]);
+}
+
+#[test]
+fn bench_refuses_zero_rounds() {
+    let out = Command::new(env!("CARGO_BIN_EXE_specmoe"))
+        .args([
+            "bench",
+            "--model",
+            fixture("mixtral").to_str().unwrap(),
+            "--repeat",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--repeat"), "{err}");
+}

@@ -9,7 +9,7 @@ use serde::Serialize;
 use specmoe::engine::{generate, GenRequest, GenStats};
 use specmoe::model::Model;
 use specmoe::sampling::SamplingParams;
-use specmoe::speculative::{generate_speculative, DraftLen};
+use specmoe::speculative::{generate_speculative, DraftLen, SpecStats};
 use specmoe::synthetic;
 use specmoe_cpu_kernels::{dispatch, DType};
 use std::path::PathBuf;
@@ -99,6 +99,11 @@ pub struct BenchArgs {
     /// Draft lengths to measure, comma-separated (e.g. `1,2,4,8`), or `auto`.
     #[arg(long, default_value = "1,2,4,8", requires = "draft")]
     draft_len: String,
+    /// Rounds: each round runs the baseline and then every draft length, side by side; the
+    /// report gives each configuration's median round (and each speed-up as the median of
+    /// its per-round ratios), so a noisy neighbour spoils one round, not the figure.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
     #[command(flatten)]
     run: RunOpts,
 }
@@ -140,7 +145,9 @@ pub struct BenchReport {
     pub weight_bytes_per_step: f64,
     /// Effective weight bandwidth of decode, GB/s (see the type's docs).
     pub weight_gbps: f64,
-    /// Raw counters.
+    /// Rounds measured (`--repeat`); every figure is a median over them.
+    pub rounds: usize,
+    /// Raw counters of the median baseline round.
     pub stats: GenStats,
     /// Speculative runs, one per draft length (with `--draft`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -160,9 +167,9 @@ pub struct SpecRow {
     pub tokens_per_step: f64,
     /// Target verification steps.
     pub target_steps: usize,
-    /// Generated tokens per second during decode.
+    /// Generated tokens per second during decode (median round).
     pub decode_tok_s: f64,
-    /// `decode_tok_s` ÷ the baseline's (no draft), same run.
+    /// Median over rounds of this run's `decode_tok_s` ÷ the same round's baseline (no draft).
     pub speedup: f64,
     /// Seconds in the draft model.
     pub draft_seconds: f64,
@@ -258,31 +265,67 @@ pub fn run(a: BenchArgs) -> Result<()> {
             stop_ids: vec![],
         })
         .collect();
-    let (base_out, stats) = generate(&model, &reqs, |_, _| {})?;
-    let mut speculative = Vec::new();
-    if let (Some(ddir), Some(mdir)) = (draft_dir(&a.draft), &a.model) {
-        let draft = load_draft(&model, mdir, &ddir, &a.run)?;
-        for l in a.draft_len.split(',').map(|x| x.trim().to_string()) {
-            let dl = DraftLen::parse(&l)?;
-            let (out, s, sp) = generate_speculative(&model, &draft, &reqs, dl, |_, _| {})?;
+    if a.repeat == 0 {
+        bail!("--repeat must be at least 1");
+    }
+    let draft = match (draft_dir(&a.draft), &a.model) {
+        (Some(ddir), Some(mdir)) => Some(load_draft(&model, mdir, &ddir, &a.run)?),
+        _ => None,
+    };
+    let lens: Vec<(String, DraftLen)> = if draft.is_some() {
+        a.draft_len
+            .split(',')
+            .map(|x| {
+                let l = x.trim().to_string();
+                DraftLen::parse(&l).map(|d| (l, d))
+            })
+            .collect::<Result<_, _>>()?
+    } else {
+        Vec::new()
+    };
+    // Round r: the baseline, then every draft length, back to back.
+    let mut base_runs: Vec<GenStats> = Vec::new();
+    let mut spec_runs: Vec<Vec<(GenStats, SpecStats, bool)>> = vec![Vec::new(); lens.len()];
+    for _ in 0..a.repeat {
+        let (base_out, stats) = generate(&model, &reqs, |_, _| {})?;
+        for (j, (_, dl)) in lens.iter().enumerate() {
+            let d = draft.as_ref().expect("draft loaded with draft lengths");
+            let (out, s, sp) = generate_speculative(&model, d, &reqs, *dl, |_, _| {})?;
             let identical = out
                 .iter()
                 .zip(&base_out)
                 .all(|(x, y)| x.output_ids == y.output_ids);
-            speculative.push(SpecRow {
-                draft_len: l,
+            spec_runs[j].push((s, sp, identical));
+        }
+        base_runs.push(stats);
+    }
+    let base_rate: Vec<f64> = base_runs.iter().map(|s| s.decode_tok_s()).collect();
+    let speculative: Vec<SpecRow> = lens
+        .iter()
+        .zip(&spec_runs)
+        .map(|((l, _), runs)| {
+            let rates: Vec<f64> = runs.iter().map(|(s, _, _)| s.decode_tok_s()).collect();
+            let ratios: Vec<f64> = rates
+                .iter()
+                .zip(&base_rate)
+                .map(|(r, b)| r / b.max(1e-12))
+                .collect();
+            let (s, sp, _) = &runs[median_index(&rates)];
+            SpecRow {
+                draft_len: l.clone(),
                 mean_draft_len: sp.mean_draft_len,
                 acceptance_rate: sp.acceptance_rate(),
-                tokens_per_step: tokens_per_step(&sp),
+                tokens_per_step: tokens_per_step(sp),
                 target_steps: sp.target_steps,
                 decode_tok_s: s.decode_tok_s(),
-                speedup: s.decode_tok_s() / stats.decode_tok_s().max(1e-12),
+                speedup: ratios[median_index(&ratios)],
                 draft_seconds: sp.draft_seconds,
                 verify_seconds: sp.verify_seconds,
-                identical_output: identical,
-            });
-        }
-    }
+                identical_output: runs.iter().all(|r| r.2),
+            }
+        })
+        .collect();
+    let stats = base_runs.swap_remove(median_index(&base_rate));
     let steps = stats.decode_steps.max(1) as f64;
     let r = BenchReport {
         model: name,
@@ -294,6 +337,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         batch: a.batch,
         prompt_len: a.prompt_len,
         gen_len: a.gen_len,
+        rounds: a.repeat,
         load_seconds,
         prefill_tok_s: stats.prefill_tok_s(),
         decode_tok_s: stats.decode_tok_s(),
@@ -325,6 +369,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
             );
             if !r.speculative.is_empty() {
                 println!();
+                println!(
+                    "speculative decoding, median of {} rounds (speed-up: median of per-round ratios to the baseline)",
+                    r.rounds
+                );
                 println!("| draft len | mean k | acceptance | tokens/step | target steps | decode tok/s | speed-up | identical |");
                 println!("|---|---|---|---|---|---|---|---|");
                 for s in &r.speculative {
@@ -344,4 +392,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Index of the median of `v` (the upper median for an even length; `v` non-empty).
+fn median_index(v: &[f64]) -> usize {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
+    idx[v.len() / 2]
 }

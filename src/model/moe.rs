@@ -1,10 +1,12 @@
 //! The feed-forward block: a dense gated MLP, or a mixture of experts that routes all
 //! tokens of the step together (softmax over router logits → top-k → optional
 //! renormalisation, as transformers' Mixtral / Qwen-MoE / OLMoE blocks), groups them per
-//! expert and runs each chosen expert once on all of its tokens; Qwen2-MoE adds a shared
+//! expert and runs each chosen expert once on all of its tokens (the chosen experts in
+//! parallel, mixed in expert order); Qwen2-MoE adds a shared
 //! expert scaled by `sigmoid(x · shared_expert_gate)`.
 
 use super::weights::{FfnWeights, MlpWeights, MoeWeights};
+use rayon::prelude::*;
 use specmoe_cpu_kernels::activation::{sigmoid, silu_mul_inplace};
 use specmoe_cpu_kernels::matmul::matmul;
 use specmoe_cpu_kernels::select::{softmax_inplace, top_k};
@@ -82,16 +84,28 @@ fn moe_block(
             groups[e].push((t, wt));
         }
     }
+    // The chosen experts run in parallel (each on all of its tokens); their outputs are then
+    // mixed in expert order, so the sum is the same whatever the thread count.
+    let chosen: Vec<(usize, &Vec<(usize, f32)>)> = groups
+        .iter()
+        .enumerate()
+        .filter(|(_, g)| !g.is_empty())
+        .collect();
+    let ys: Vec<(Vec<f32>, u64)> = chosen
+        .par_iter()
+        .map(|&(e, grp)| {
+            let mut xe = Vec::with_capacity(grp.len() * hidden);
+            for &(t, _) in grp {
+                xe.extend_from_slice(&h[t * hidden..(t + 1) * hidden]);
+            }
+            let mut b = 0u64;
+            let ye = mlp(&xe, grp.len(), &w.experts[e], &mut b);
+            (ye, b)
+        })
+        .collect();
     let mut out = vec![0.0f32; tokens * hidden];
-    for (e, grp) in groups.iter().enumerate() {
-        if grp.is_empty() {
-            continue;
-        }
-        let mut xe = Vec::with_capacity(grp.len() * hidden);
-        for &(t, _) in grp {
-            xe.extend_from_slice(&h[t * hidden..(t + 1) * hidden]);
-        }
-        let ye = mlp(&xe, grp.len(), &w.experts[e], bytes);
+    for (&(_, grp), (ye, b)) in chosen.iter().zip(&ys) {
+        *bytes += b;
         for (j, &(t, wt)) in grp.iter().enumerate() {
             for (o, y) in out[t * hidden..(t + 1) * hidden]
                 .iter_mut()
