@@ -148,3 +148,86 @@ fn ragged_batch_forward_equals_separate_forwards() {
     assert!(max_abs_diff(&out.logits[0], &r.logits) < 1e-4);
     assert!(max_abs_diff(&out.logits[1], &r.logits_b) < 1e-4);
 }
+
+/// Logits of `block` appended to `prompt`, once as one verification block (all rows) and
+/// once token by token (one decode step each).
+fn block_and_single_logits(model: &Model, prompt: &[u32], block: &[u32]) -> (Vec<f32>, Vec<f32>) {
+    let mut c1 = model.new_cache();
+    model
+        .forward(
+            &mut [SeqStep {
+                tokens: prompt,
+                cache: &mut c1,
+                logits: LogitRows::Last(1),
+            }],
+            false,
+        )
+        .unwrap();
+    let mut c2 = c1.clone();
+    let mut singles = Vec::new();
+    for &t in block {
+        let o = model
+            .forward(
+                &mut [SeqStep {
+                    tokens: &[t],
+                    cache: &mut c1,
+                    logits: LogitRows::Last(1),
+                }],
+                false,
+            )
+            .unwrap();
+        singles.extend_from_slice(&o.logits[0]);
+    }
+    let o = model
+        .forward(
+            &mut [SeqStep {
+                tokens: block,
+                cache: &mut c2,
+                logits: LogitRows::All,
+            }],
+            false,
+        )
+        .unwrap();
+    (o.logits[0].clone(), singles)
+}
+
+/// Batch invariance: every row of a `k+1`-token verification step is bit for bit the logits
+/// of the same token decoded alone, so greedy speculative decoding is exact, not only
+/// within rounding. Block sizes cover every matmul tile plan (1..=9 tokens) and both
+/// attention forms; contexts cross the attention's 32-position chunks.
+#[test]
+fn verification_block_logits_equal_single_token_decode_bitwise() {
+    let bundled = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tiny-mixtral");
+    let cases = [
+        (fixture("mixtral"), 9, vec![2, 4, 9]),
+        (fixture("qwen3_moe"), 9, vec![5, 8]),
+        (fixture("olmoe"), 40, vec![3, 7]),
+        (bundled.clone(), 33, vec![2, 3, 4, 5, 6, 7, 8, 9]),
+        (bundled, 150, vec![4, 9]),
+    ];
+    for (dir, plen, blocks) in cases {
+        for kv in [DType::F32, DType::BF16] {
+            let model = Model::load(&dir, kv).unwrap();
+            let vocab = model.cfg.vocab_size as u32;
+            let prompt: Vec<u32> = (0..plen).map(|i| (i * 7 + 3) % (vocab - 2) + 2).collect();
+            for n in blocks.iter().copied() {
+                let block: Vec<u32> = (0..n as u32)
+                    .map(|i| (i * 5 + 11) % (vocab - 2) + 2)
+                    .collect();
+                let (b, s) = block_and_single_logits(&model, &prompt, &block);
+                let differ = b
+                    .iter()
+                    .zip(&s)
+                    .filter(|(x, y)| x.to_bits() != y.to_bits())
+                    .count();
+                assert_eq!(
+                    differ,
+                    0,
+                    "{}: {kv} KV, prompt {plen}, block {n}: {differ} logits differ (max |diff| {})",
+                    dir.display(),
+                    max_abs_diff(&b, &s)
+                );
+            }
+        }
+    }
+}

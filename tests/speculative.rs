@@ -8,11 +8,60 @@ use common::{fixture, max_abs_diff, reference};
 use specmoe::engine::{generate, GenRequest};
 use specmoe::model::{LogitRows, Model, SeqStep};
 use specmoe::sampling::SamplingParams;
-use specmoe::speculative::{generate_speculative, DraftLen};
+use specmoe::speculative::{
+    generate_speculative, generate_speculative_with, DraftLen, SpecOptions,
+};
 use specmoe_cpu_kernels::DType;
 
 fn load(name: &str) -> Model {
     Model::load(&fixture(name), DType::F32).unwrap()
+}
+
+/// The `name` fixture with Gaussian-ish noise of `scale` × its standard deviation added to
+/// `lm_head.weight` (f32): a draft that agrees with the target most of the time, but not
+/// always, so that both the accepting and the rejecting paths of speculative sampling run.
+fn perturbed(name: &str, scale: f32) -> Model {
+    let dir = common::copy_fixture(name);
+    let path = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (n, t) in st.tensors() {
+        let mut data = t.data().to_vec();
+        if n == "lm_head.weight" {
+            assert_eq!(t.dtype(), safetensors::Dtype::F32);
+            let mut v: Vec<f32> = data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            let sd = (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
+            let mut st = 12345u64;
+            for x in v.iter_mut() {
+                // Sum of 4 uniforms in [-0.5, 0.5): mean 0, variance 1/3.
+                let mut g = 0.0f32;
+                for _ in 0..4 {
+                    st = st
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    g += (st >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                }
+                *x += scale * sd * g * 3f32.sqrt();
+            }
+            data = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        }
+        owned.push((n.to_string(), t.dtype(), t.shape().to_vec(), data));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+    Model::load(dir.path(), DType::F32).unwrap()
 }
 
 fn greedy(ids: &[u32], n: usize, stop: Vec<u32>) -> GenRequest {
@@ -48,19 +97,28 @@ fn greedy_output_is_identical_with_a_draft() {
                 DraftLen::Fixed(8),
                 DraftLen::Auto { start: 2, max: 8 },
             ] {
-                let (spec, _, st) = generate_speculative(
-                    &target,
-                    &draft,
-                    std::slice::from_ref(&req),
-                    dl,
-                    |_, _| {},
-                )
-                .unwrap();
-                assert_eq!(
-                    spec[0].output_ids, plain[0].output_ids,
-                    "{t} with draft {d}, {dl:?}"
-                );
-                assert!(st.target_steps >= 1 && st.proposed > 0);
+                for overlap in [false, true] {
+                    let opts = SpecOptions {
+                        draft_len: dl,
+                        overlap,
+                    };
+                    let (spec, _, st) = generate_speculative_with(
+                        &target,
+                        &draft,
+                        std::slice::from_ref(&req),
+                        opts,
+                        |_, _| {},
+                    )
+                    .unwrap();
+                    assert_eq!(
+                        spec[0].output_ids, plain[0].output_ids,
+                        "{t} with draft {d}, {opts:?}"
+                    );
+                    assert!(st.target_steps >= 1 && st.proposed > 0);
+                    if !overlap {
+                        assert_eq!(st.overlap_steps, 0);
+                    }
+                }
             }
         }
     }
@@ -71,15 +129,30 @@ fn target_as_its_own_draft_accepts_everything() {
     let target = load("mixtral");
     let r = reference("mixtral");
     let req = greedy(&r.input_ids, 25, vec![]);
-    let (out, _, st) =
-        generate_speculative(&target, &target, &[req], DraftLen::Fixed(4), |_, _| {}).unwrap();
-    assert_eq!(out[0].output_ids[..], r.greedy_ids[..25]);
-    assert_eq!(
-        st.accepted, st.proposed,
-        "a draft equal to the target must be fully accepted"
-    );
-    // 1 token from prefill, then 24 in steps of k+1 = 5.
-    assert_eq!(st.target_steps, 5);
+    for overlap in [false, true] {
+        let opts = SpecOptions {
+            draft_len: DraftLen::Fixed(4),
+            overlap,
+        };
+        let (out, _, st) = generate_speculative_with(
+            &target,
+            &target,
+            std::slice::from_ref(&req),
+            opts,
+            |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(out[0].output_ids[..], r.greedy_ids[..25]);
+        assert_eq!(
+            st.accepted, st.proposed,
+            "a draft equal to the target must be fully accepted"
+        );
+        // 1 token from prefill, then 24 in steps of k+1 = 5 (with overlap: 4 drafts and the
+        // offered next draft token instead of the bonus token).
+        assert_eq!(st.target_steps, 5);
+        // With overlap every step after the first takes the block drafted during the last.
+        assert_eq!(st.overlap_steps, if overlap { 4 } else { 0 }, "{opts:?}");
+    }
 }
 
 #[test]
@@ -93,27 +166,36 @@ fn mixed_batch_finishes_independently() {
         greedy(&r.input_ids, 30, vec![stop]),
         greedy(&r.input_ids_b, 1, vec![]),
     ];
-    let emitted = std::cell::RefCell::new(vec![Vec::new(); reqs.len()]);
-    let (spec, _, _) = generate_speculative(&target, &draft, &reqs, DraftLen::Fixed(5), |i, t| {
-        emitted.borrow_mut()[i].push(t)
-    })
-    .unwrap();
-    for (i, rq) in reqs.iter().enumerate() {
-        let (alone, _) = generate(&target, std::slice::from_ref(rq), |_, _| {}).unwrap();
-        assert_eq!(spec[i].output_ids, alone[0].output_ids, "sequence {i}");
-        assert_eq!(
-            spec[i].finish, alone[0].finish,
-            "sequence {i} finish reason"
-        );
-        assert_eq!(
-            emitted.borrow()[i],
-            spec[i].output_ids,
-            "sequence {i} streamed tokens"
-        );
+    for overlap in [false, true] {
+        let opts = SpecOptions {
+            draft_len: DraftLen::Fixed(5),
+            overlap,
+        };
+        let emitted = std::cell::RefCell::new(vec![Vec::new(); reqs.len()]);
+        let (spec, _, _) = generate_speculative_with(&target, &draft, &reqs, opts, |i, t| {
+            emitted.borrow_mut()[i].push(t)
+        })
+        .unwrap();
+        for (i, rq) in reqs.iter().enumerate() {
+            let (alone, _) = generate(&target, std::slice::from_ref(rq), |_, _| {}).unwrap();
+            assert_eq!(
+                spec[i].output_ids, alone[0].output_ids,
+                "sequence {i}, {opts:?}"
+            );
+            assert_eq!(
+                spec[i].finish, alone[0].finish,
+                "sequence {i} finish reason"
+            );
+            assert_eq!(
+                emitted.borrow()[i],
+                spec[i].output_ids,
+                "sequence {i} streamed tokens"
+            );
+        }
+        assert_eq!(spec[2].output_ids.last(), Some(&stop));
+        assert_eq!(spec[1].output_ids.len(), 7);
+        assert_eq!(spec[3].output_ids.len(), 1);
     }
-    assert_eq!(spec[2].output_ids.last(), Some(&stop));
-    assert_eq!(spec[1].output_ids.len(), 7);
-    assert_eq!(spec[3].output_ids.len(), 1);
 }
 
 #[test]
@@ -216,22 +298,24 @@ fn pearson(observed: &[f64], expected: &[f64]) -> (f64, f64) {
     (stat, bins - 1.0)
 }
 
-/// For each seed, generates 4 tokens and accumulates, at generated positions 1..=3 (those
-/// produced by speculative steps), the observed token and the target's exact conditional
-/// distribution given the realised prefix. Returns per position (observed, expected).
+/// For each seed, generates `positions + 1` tokens and accumulates, at generated positions
+/// 1..=positions (those produced by speculative steps), the observed token and the target's
+/// exact conditional distribution given the realised prefix. Returns per position
+/// (observed, expected).
 fn sample_positions(
     target: &Model,
     mut gen: impl FnMut(&GenRequest) -> Vec<u32>,
     prompt: &[u32],
     params: &SamplingParams,
     seeds: u64,
+    positions: usize,
 ) -> Vec<(Vec<f64>, Vec<f64>)> {
     let vocab = target.cfg.vocab_size;
-    let mut acc = vec![(vec![0.0; vocab], vec![0.0; vocab]); 3];
+    let mut acc = vec![(vec![0.0; vocab], vec![0.0; vocab]); positions];
     for seed in 0..seeds {
         let req = GenRequest {
             prompt_ids: prompt.to_vec(),
-            max_new_tokens: 4,
+            max_new_tokens: positions + 1,
             sampling: SamplingParams {
                 seed,
                 ..params.clone()
@@ -240,19 +324,19 @@ fn sample_positions(
         };
         let out = gen(&req);
         let mut seq = prompt.to_vec();
-        seq.extend_from_slice(&out[..3]);
+        seq.extend_from_slice(&out[..positions]);
         let mut cache = target.new_cache();
         let f = target
             .forward(
                 &mut [SeqStep {
                     tokens: &seq,
                     cache: &mut cache,
-                    logits: LogitRows::Last(3),
+                    logits: LogitRows::Last(positions),
                 }],
                 false,
             )
             .unwrap();
-        for j in 0..3 {
+        for j in 0..positions {
             // Row j predicts generated token j + 1.
             let p = params.probs(&f.logits[0][j * vocab..(j + 1) * vocab]);
             acc[j].0[out[j + 1] as usize] += 1.0;
@@ -265,7 +349,7 @@ fn sample_positions(
 }
 
 /// z for an upper tail of 1e-4: each position's test fails falsely with probability ≤ 1e-4,
-/// so this test (3 positions) has a false-failure rate ≤ 3e-4.
+/// so this test (3 + 4 positions) has a false-failure rate ≤ 7e-4.
 const Z_1E4: f64 = 3.719;
 
 #[test]
@@ -279,38 +363,47 @@ fn speculative_sampling_follows_the_target_distribution() {
         seed: 0,
     };
     let seeds = 3000;
-    let spec = sample_positions(
-        &target,
-        |rq| {
-            generate_speculative(
-                &target,
-                &draft,
-                std::slice::from_ref(rq),
-                DraftLen::Fixed(3),
-                |_, _| {},
-            )
-            .unwrap()
-            .0[0]
-                .output_ids
-                .clone()
-        },
-        &r.input_ids,
-        &params,
-        seeds,
-    );
-    for (j, (obs, exp)) in spec.iter().enumerate() {
-        let (stat, df) = pearson(obs, exp);
-        let crit = chi2_critical(df, Z_1E4);
-        eprintln!(
-            "position {}: chi2 {stat:.1} on {df} df (critical {crit:.1})",
-            j + 1
+    // Without overlap, k = 3 with an unrelated draft: positions 1..=3 come from one
+    // verification step. With overlap, k = 1 over 4 positions with a draft near the target
+    // (≈ 35 % acceptance): after an accepted d1, position 2 is the offered next draft token,
+    // tested against the verification's last row (always accepting it fails this test with
+    // chi2 ≈ 318 against a critical 202), and later positions come from blocks drafted
+    // during a verification.
+    let close = perturbed("mixtral", 0.5);
+    for (dl, overlap, positions) in [(3, false, 3), (1, true, 4)] {
+        let draft = if overlap { &close } else { &draft };
+        let opts = SpecOptions {
+            draft_len: DraftLen::Fixed(dl),
+            overlap,
+        };
+        let spec = sample_positions(
+            &target,
+            |rq| {
+                generate_speculative_with(&target, draft, std::slice::from_ref(rq), opts, |_, _| {})
+                    .unwrap()
+                    .0[0]
+                    .output_ids
+                    .clone()
+            },
+            &r.input_ids,
+            &params,
+            seeds,
+            positions,
         );
-        assert!(df >= 3.0, "too few bins to test position {}", j + 1);
-        assert!(
-            stat < crit,
-            "position {}: speculative samples deviate from the target (chi2 {stat:.1} ≥ {crit:.1})",
-            j + 1
-        );
+        for (j, (obs, exp)) in spec.iter().enumerate() {
+            let (stat, df) = pearson(obs, exp);
+            let crit = chi2_critical(df, Z_1E4);
+            eprintln!(
+                "{opts:?} position {}: chi2 {stat:.1} on {df} df (critical {crit:.1})",
+                j + 1
+            );
+            assert!(df >= 3.0, "too few bins to test position {}", j + 1);
+            assert!(
+                stat < crit,
+                "{opts:?} position {}: speculative samples deviate from the target (chi2 {stat:.1} ≥ {crit:.1})",
+                j + 1
+            );
+        }
     }
     // Power: the same test rejects samples drawn from the draft model alone.
     let wrong = sample_positions(
@@ -325,6 +418,7 @@ fn speculative_sampling_follows_the_target_distribution() {
         &r.input_ids,
         &params,
         600,
+        3,
     );
     let (stat, df) = pearson(&wrong[0].0, &wrong[0].1);
     assert!(

@@ -361,3 +361,55 @@ fn bad_group_panics() {
     let data = make(&c, 1);
     run(Isa::Scalar, &c, &data);
 }
+
+#[test]
+fn verification_rows_equal_single_token_calls_bitwise() {
+    // Batch invariance: query i of an n-token call equals a 1-token call at position l + i
+    // on the same KV, bit for bit, on every path — whichever form (broadcast or small) and
+    // chunk lengths each call uses. Covers n across the small/broadcast switch and prefill.
+    let mut seed = 500;
+    for dtype in DTYPES {
+        for &(heads, kv_heads, d) in &[(8, 4, 64), (4, 2, 32), (32, 8, 128), (6, 2, 40), (4, 4, 7)]
+        {
+            for &(l, n) in &[(0, 3), (16, 5), (29, 8), (61, 2), (100, 20), (0, 70)] {
+                seed += 1;
+                let c = Case {
+                    n,
+                    kv_len: l + n,
+                    heads,
+                    kv_heads,
+                    d,
+                    dtype,
+                    head_major: seed % 2 == 0,
+                };
+                let data = make(&c, seed);
+                let row = heads * d;
+                for isa in paths() {
+                    let all = run(isa, &c, &data);
+                    for i in 0..n {
+                        let one = Case {
+                            n: 1,
+                            kv_len: l + i + 1,
+                            ..c
+                        };
+                        let single = Data {
+                            q: data.q[i * row..(i + 1) * row].to_vec(),
+                            k: data.k.clone(),
+                            v: data.v.clone(),
+                            ..data
+                        };
+                        let got = run(isa, &one, &single);
+                        for (j, (a, b)) in all[i * row..(i + 1) * row].iter().zip(&got).enumerate()
+                        {
+                            assert!(
+                                a.to_bits() == b.to_bits(),
+                                "{isa} {dtype} heads {heads}/{kv_heads} d={d} l={l} n={n}: \
+                                 query {i} elem {j}: {a} in the n-token call, {b} alone"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -176,3 +176,57 @@ fn special_values_propagate_like_the_reference() {
         }
     }
 }
+
+/// `matmul` of `n` tokens gives, row for row, bitwise the outputs of `n` one-token calls:
+/// the accumulation order of an output never depends on the token count or on how tokens
+/// are blocked (what makes greedy speculative verification bit-exact).
+#[test]
+fn batch_invariance_bitwise_every_path_dtype_and_token_count() {
+    // Ragged shapes, column tails, row tails, and matrices big enough to run in parallel
+    // tasks (> SEQUENTIAL_BYTES) and, with many tokens, to take the column-blocked orders.
+    let shapes = [
+        (1, 1),
+        (5, 7),
+        (13, 31),
+        (25, 257),
+        (37, 512),
+        (128, 128),
+        (70, 1500),
+        (131, 3001),
+    ];
+    let token_counts = [1, 2, 3, 4, 5, 6, 7, 8, 9, 17, 64];
+    for isa in paths() {
+        for dtype in DTYPES {
+            for (si, &(rows, cols)) in shapes.iter().enumerate() {
+                let mut r = rng(1000 + si as u64);
+                let buf = rand_stored(&mut r, dtype, rows * cols, si % 3);
+                let w = WeightMatrix::new(dtype, rows, cols, &buf[si % 3..]);
+                let x = rand_f32(&mut r, 64 * cols, 1.0);
+                let mut single = vec![0.0f32; 64 * rows];
+                for t in 0..64 {
+                    matmul_with(
+                        isa,
+                        &x[t * cols..(t + 1) * cols],
+                        1,
+                        &w,
+                        &mut single[t * rows..(t + 1) * rows],
+                    );
+                }
+                for &n in &token_counts {
+                    let mut out = vec![f32::NAN; n * rows];
+                    matmul_with(isa, &x[..n * cols], n, &w, &mut out);
+                    for t in 0..n {
+                        for o in 0..rows {
+                            let (got, want) = (out[t * rows + o], single[t * rows + o]);
+                            assert!(
+                                got.to_bits() == want.to_bits(),
+                                "{isa} {dtype} [{rows}, {cols}] tokens={n}: out[{t},{o}] = \
+                                 {got:e}, one-token call {want:e}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

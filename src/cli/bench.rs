@@ -2,14 +2,14 @@
 //! the real shapes of a published model (`--shape mixtral-8x7b --layers 2`).
 
 use super::generate::tokens_per_step;
-use super::{draft_dir, load_draft, load_model, RunOpts, BUNDLED_DRAFT};
+use super::{draft_dir, load_draft, load_model, DraftOverlap, RunOpts, BUNDLED_DRAFT};
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 use specmoe::engine::{generate, GenRequest, GenStats};
 use specmoe::model::Model;
 use specmoe::sampling::SamplingParams;
-use specmoe::speculative::{generate_speculative, DraftLen, SpecStats};
+use specmoe::speculative::{generate_speculative_with, DraftLen, SpecOptions, SpecStats};
 use specmoe::synthetic;
 use specmoe_cpu_kernels::{dispatch, DType};
 use std::path::PathBuf;
@@ -99,6 +99,9 @@ pub struct BenchArgs {
     /// Draft lengths to measure, comma-separated (e.g. `1,2,4,8`), or `auto`.
     #[arg(long, default_value = "1,2,4,8", requires = "draft")]
     draft_len: String,
+    /// Draft the next block while the target verifies this one (auto: with ≥ 2 threads).
+    #[arg(long, value_enum, default_value_t = DraftOverlap::Auto, requires = "draft")]
+    draft_overlap: DraftOverlap,
     /// Rounds: each round runs the baseline and then every draft length, side by side; the
     /// report gives each configuration's median round (and each speed-up as the median of
     /// its per-round ratios), so a noisy neighbour spoils one round, not the figure.
@@ -171,7 +174,11 @@ pub struct SpecRow {
     pub decode_tok_s: f64,
     /// Median over rounds of this run's `decode_tok_s` ÷ the same round's baseline (no draft).
     pub speedup: f64,
-    /// Seconds in the draft model.
+    /// Whether the draft drafted the next block during verification (`--draft-overlap`).
+    pub overlap: bool,
+    /// Sequence-steps whose draft tokens were drafted during the previous verification.
+    pub overlap_steps: usize,
+    /// Seconds in draft steps outside verification.
     pub draft_seconds: f64,
     /// Seconds in target verification.
     pub verify_seconds: f64,
@@ -290,7 +297,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let (base_out, stats) = generate(&model, &reqs, |_, _| {})?;
         for (j, (_, dl)) in lens.iter().enumerate() {
             let d = draft.as_ref().expect("draft loaded with draft lengths");
-            let (out, s, sp) = generate_speculative(&model, d, &reqs, *dl, |_, _| {})?;
+            let opts = SpecOptions {
+                draft_len: *dl,
+                overlap: a.draft_overlap.enabled(),
+            };
+            let (out, s, sp) = generate_speculative_with(&model, d, &reqs, opts, |_, _| {})?;
             let identical = out
                 .iter()
                 .zip(&base_out)
@@ -319,6 +330,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 target_steps: sp.target_steps,
                 decode_tok_s: s.decode_tok_s(),
                 speedup: ratios[median_index(&ratios)],
+                overlap: sp.overlap,
+                overlap_steps: sp.overlap_steps,
                 draft_seconds: sp.draft_seconds,
                 verify_seconds: sp.verify_seconds,
                 identical_output: runs.iter().all(|r| r.2),
@@ -373,16 +386,21 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     "speculative decoding, median of {} rounds (speed-up: median of per-round ratios to the baseline)",
                     r.rounds
                 );
-                println!("| draft len | mean k | acceptance | tokens/step | target steps | decode tok/s | speed-up | identical |");
-                println!("|---|---|---|---|---|---|---|---|");
+                println!("| draft len | mean k | acceptance | tokens/step | target steps | overlapped | decode tok/s | speed-up | identical |");
+                println!("|---|---|---|---|---|---|---|---|---|");
                 for s in &r.speculative {
                     println!(
-                        "| {} | {:.2} | {:.1} % | {:.2} | {} | {:.2} | {:.2}x | {} |",
+                        "| {} | {:.2} | {:.1} % | {:.2} | {} | {} | {:.2} | {:.2}x | {} |",
                         s.draft_len,
                         s.mean_draft_len,
                         100.0 * s.acceptance_rate,
                         s.tokens_per_step,
                         s.target_steps,
+                        if s.overlap {
+                            s.overlap_steps.to_string()
+                        } else {
+                            "off".into()
+                        },
                         s.decode_tok_s,
                         s.speedup,
                         s.identical_output

@@ -1,13 +1,15 @@
 //! `specmoe generate`: text from a prompt, token ids, or a JSONL batch of prompts.
 
-use super::{draft_dir, load_draft, load_model, model_dir, parse_ids, RunOpts, BUNDLED_DRAFT};
+use super::{
+    draft_dir, load_draft, load_model, model_dir, parse_ids, DraftOverlap, RunOpts, BUNDLED_DRAFT,
+};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 use specmoe::checkpoint::GenerationConfig;
 use specmoe::engine::{generate, GenRequest};
 use specmoe::sampling::SamplingParams;
-use specmoe::speculative::{generate_speculative, DraftLen, SpecStats};
+use specmoe::speculative::{generate_speculative_with, DraftLen, SpecOptions, SpecStats};
 use specmoe::tokenizer::{StreamDecoder, Tokenizer};
 use std::io::Write;
 use std::path::PathBuf;
@@ -63,6 +65,9 @@ pub struct GenerateArgs {
     /// Draft length k: tokens proposed per step, or `auto` to adapt it to the acceptance.
     #[arg(long, default_value = "4", requires = "draft")]
     draft_len: String,
+    /// Draft the next block while the target verifies this one (auto: with ≥ 2 threads).
+    #[arg(long, value_enum, default_value_t = DraftOverlap::Auto, requires = "draft")]
+    draft_overlap: DraftOverlap,
     #[command(flatten)]
     run: RunOpts,
 }
@@ -173,7 +178,11 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     };
     let (outs, stats, spec) = match &draft {
         Some(d) => {
-            let (o, s, sp) = generate_speculative(&model, d, &reqs, draft_len, on_token)?;
+            let opts = SpecOptions {
+                draft_len,
+                overlap: a.draft_overlap.enabled(),
+            };
+            let (o, s, sp) = generate_speculative_with(&model, d, &reqs, opts, on_token)?;
             (o, s, Some(sp))
         }
         None => {
@@ -232,12 +241,17 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     }
     let spec_part = match &spec {
         Some(sp) => format!(
-            ", draft length {} (mean {:.1}), acceptance {:.1} %, {:.2} tokens/step over {} target steps",
+            ", draft length {} (mean {:.1}), acceptance {:.1} %, {:.2} tokens/step over {} target steps{}",
             sp.draft_len,
             sp.mean_draft_len,
             100.0 * sp.acceptance_rate(),
             tokens_per_step(sp),
-            sp.target_steps
+            sp.target_steps,
+            if sp.overlap {
+                format!(", {} drafted during verification", sp.overlap_steps)
+            } else {
+                String::new()
+            }
         ),
         None => String::new(),
     };
@@ -272,6 +286,8 @@ pub fn spec_json(sp: &SpecStats) -> serde_json::Value {
         "target_steps": sp.target_steps,
         "proposed": sp.proposed,
         "accepted": sp.accepted,
+        "overlap": sp.overlap,
+        "overlap_steps": sp.overlap_steps,
         "draft_seconds": sp.draft_seconds,
         "verify_seconds": sp.verify_seconds,
     })

@@ -45,6 +45,28 @@ pub struct RunOpts {
     pub verbose: bool,
 }
 
+/// `--draft-overlap`: whether the draft drafts the next block while the target verifies.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DraftOverlap {
+    /// On when there are two worker threads or more.
+    Auto,
+    /// Always (with one thread the two still alternate, losing nothing but the overlap).
+    On,
+    /// Never: draft, then verify.
+    Off,
+}
+
+impl DraftOverlap {
+    /// Resolves `auto` against the current rayon pool.
+    pub fn enabled(self) -> bool {
+        match self {
+            DraftOverlap::Auto => rayon::current_num_threads() >= 2,
+            DraftOverlap::On => true,
+            DraftOverlap::Off => false,
+        }
+    }
+}
+
 /// KV cache element type (`--kv-dtype`).
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KvDtype {

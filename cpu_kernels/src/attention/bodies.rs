@@ -1,38 +1,128 @@
-//! Inner loops of the attention microkernels: q·k dot blocks and p·v accumulation.
+//! Inner loops of the attention microkernels: q·k score blocks and p·v accumulation, for
+//! the broadcast form (rows in lanes) and the small form (keys or dims in lanes). Every
+//! score and output element is computed with the same sequence of roundings in both forms.
 
 use super::*;
 
-/// `s[m][b] = Σ_j K[b][j] · Q[m][j]` for `PB` keys (rows `ks` f32 apart) and `M` query rows
-/// (`qs` apart), both `dv` vectors long (zero-padded); `s` rows are `ss` apart.
+/// Keys-in-lanes scores of the small form: `s[m][p] = Σ_j Kᵀ[j][p] · Q[m][j]` for `MB`
+/// query rows (`qs` f32 apart, `d` long) and `KV · L` keys of `Kᵀ` (`[d][kts]`); `s` rows
+/// are `ss` apart. Each score is one FMA chain over `j = 0..d` from zero — the same
+/// roundings as [`qk_body`]'s, so both forms give identical scores.
 #[inline(always)]
-pub(super) unsafe fn dot_body<S: Simd, const M: usize, const PB: usize>(
-    k: *const f32,
-    ks: usize,
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn qk_t_body<S: Simd, const MB: usize, const KV: usize>(
+    kt: *const f32,
+    kts: usize,
     q: *const f32,
     qs: usize,
-    dv: usize,
+    d: usize,
     s: *mut f32,
     ss: usize,
 ) {
-    let mut acc = [[S::zero(); M]; PB];
-    for v in 0..dv {
-        for (b, acc_b) in acc.iter_mut().enumerate() {
-            let kv = S::load(k.add(b * ks + v * S::L));
-            for (m, a) in acc_b.iter_mut().enumerate() {
-                *a = S::fma(kv, S::load(q.add(m * qs + v * S::L)), *a);
+    let mut acc = [[S::zero(); KV]; MB];
+    for j in 0..d {
+        let mut k = [S::zero(); KV];
+        for (x, kx) in k.iter_mut().enumerate() {
+            *kx = S::load(kt.add(j * kts + x * S::L));
+        }
+        for (m, acc_m) in acc.iter_mut().enumerate() {
+            let qb = S::splat(*q.add(m * qs + j));
+            for (a, kx) in acc_m.iter_mut().zip(k) {
+                *a = S::fma(kx, qb, *a);
             }
         }
     }
-    let mut spill = [[[0.0f32; 16]; M]; PB];
-    for b in 0..PB {
-        for m in 0..M {
-            S::store(spill[b][m].as_mut_ptr(), acc[b][m]);
+    for (m, acc_m) in acc.iter().enumerate() {
+        for (x, a) in acc_m.iter().enumerate() {
+            S::store(s.add(m * ss + x * S::L), *a);
         }
     }
-    for (b, sb) in spill.iter().enumerate() {
-        for (m, v) in sb.iter().enumerate() {
-            *s.add(m * ss + b) = S::hsum(S::load(v.as_ptr()));
+}
+
+/// [`qk_t_body`] for `rows` rows in blocks of at most `MBMAX` (8, 4, 2, 1).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn qk_t_rows<S: Simd, const MBMAX: usize, const KV: usize>(
+    kt: *const f32,
+    kts: usize,
+    q: *const f32,
+    qs: usize,
+    d: usize,
+    s: *mut f32,
+    ss: usize,
+    rows: usize,
+) {
+    let mut m = 0;
+    while m < rows {
+        let (q, s) = (q.add(m * qs), s.add(m * ss));
+        let left = rows - m;
+        m += if MBMAX >= 8 && left >= 8 {
+            qk_t_body::<S, 8, KV>(kt, kts, q, qs, d, s, ss);
+            8
+        } else if MBMAX >= 4 && left >= 4 {
+            qk_t_body::<S, 4, KV>(kt, kts, q, qs, d, s, ss);
+            4
+        } else if left >= 2 {
+            qk_t_body::<S, 2, KV>(kt, kts, q, qs, d, s, ss);
+            2
+        } else {
+            qk_t_body::<S, 1, KV>(kt, kts, q, qs, d, s, ss);
+            1
+        };
+    }
+}
+
+/// [`pv_small_body`] for `rows` rows (blocks of at most `MBMAX`: 4, 2, 1) and `dv`
+/// vectors of dims (blocks of 4, 2, 1).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn pv_small_rows<S: Simd, const MBMAX: usize>(
+    v: *const f32,
+    vs: usize,
+    p: *const f32,
+    ps: usize,
+    cn: usize,
+    o: *mut f32,
+    os: usize,
+    corr: *const f32,
+    rows: usize,
+    dv: usize,
+) {
+    let mut m = 0;
+    while m < rows {
+        let left = rows - m;
+        let mb = if MBMAX >= 4 && left >= 4 {
+            4
+        } else if left >= 2 {
+            2
+        } else {
+            1
+        };
+        let (p, o, corr) = (p.add(m * ps), o.add(m * os), corr.add(m));
+        let mut j = 0;
+        while j < dv {
+            let (v, o) = (v.add(j * S::L), o.add(j * S::L));
+            let jv = if dv - j >= 4 {
+                4
+            } else if dv - j >= 2 {
+                2
+            } else {
+                1
+            };
+            match (mb, jv) {
+                (4, 4) => pv_small_body::<S, 4, 4>(v, vs, p, ps, cn, o, os, corr),
+                (4, 2) => pv_small_body::<S, 4, 2>(v, vs, p, ps, cn, o, os, corr),
+                (4, _) => pv_small_body::<S, 4, 1>(v, vs, p, ps, cn, o, os, corr),
+                (2, 4) => pv_small_body::<S, 2, 4>(v, vs, p, ps, cn, o, os, corr),
+                (2, 2) => pv_small_body::<S, 2, 2>(v, vs, p, ps, cn, o, os, corr),
+                (2, _) => pv_small_body::<S, 2, 1>(v, vs, p, ps, cn, o, os, corr),
+                (_, 4) => pv_small_body::<S, 1, 4>(v, vs, p, ps, cn, o, os, corr),
+                (_, 2) => pv_small_body::<S, 1, 2>(v, vs, p, ps, cn, o, os, corr),
+                _ => pv_small_body::<S, 1, 1>(v, vs, p, ps, cn, o, os, corr),
+            }
+            j += jv;
         }
+        m += mb;
     }
 }
 

@@ -12,21 +12,33 @@
 //! Work items are (sequence, range of KV heads, block of query rows). The `M = n · group`
 //! query rows sharing a KV head (query `i`, group member `g` → row `m = i · group + g`) are
 //! cut into blocks of at most 64 (AVX-512) or 32 rows. An item makes ONE pass over its
-//! heads' KV in chunks of [`KV_CHUNK`] positions with an online (streaming) softmax:
+//! heads' KV in chunks of [`KV_CHUNK`] positions (chunk boundaries at multiples of
+//! `KV_CHUNK` from position 0) with an online (streaming) softmax. Two forms (`tiles.rs`,
+//! `small.rs`, inner loops in `bodies.rs`):
 //!
-//! - each chunk's K and V rows of all the item's heads are copied (f16/bf16 widened) into
-//!   an f32 scratch with a padded row stride, token by token (a token-major cache is read
-//!   sequentially), while the next chunk is prefetched into L2; the copy is shared by all
-//!   query rows of all heads in the item;
-//! - broadcast form (many rows): the rows' queries are stored transposed and pre-scaled,
-//!   `Qᵀ[d][m]`, so each key element `K[p][j]` is broadcast once and FMA'd against a vector
-//!   of query rows (`Sᵀ[p][m] += K[p][j] · Qᵀ[j][m]`): no transposes or horizontal sums;
-//!   `Oᵀ[j][m] = Oᵀ[j][m] · corr[m] + Σ_p V[p][j] · P[p][m]` likewise;
-//! - small form (`M` ≤ half a vector, e.g. decode): dot products along `d` (horizontal
-//!   sums per `(row, key)`), `O[m][:] += P[m][p] · V[p][:]`;
+//! - broadcast form (`M` > the path's `SMALL_M`): the rows' queries are stored transposed
+//!   and pre-scaled, `Qᵀ[d][m]`, so each key element `K[p][j]` is broadcast once and FMA'd
+//!   against a vector of query rows (`Sᵀ[p][m] += K[p][j] · Qᵀ[j][m]`);
+//!   `Oᵀ[j][m] = Oᵀ[j][m] · corr[m] + Σ_p V[p][j] · P[p][m]` likewise. f32 KV with
+//!   contiguous rows (head-major) is read in place; otherwise each chunk is copied
+//!   (f16/bf16 widened) into a padded f32 scratch, token by token, prefetching the next;
+//! - small form (few rows: decode, verification with a small group): the chunk's keys are
+//!   transposed to `Kᵀ[d][KV_CHUNK]` (keys in lanes, one FMA chain over `j` per score) and
+//!   `O[m][:] += P[m][p] · V[p][:]` with dims in lanes, f32 `V` read in place;
 //! - the causal mask is applied only to chunk positions past `l + i_first` (the trailing
 //!   `n × n` block), by comparing each row's query index with `p − l`;
 //! - per row: running max `μ`, running sum `λ`, correction `e^{μ_old − μ_new}`.
+//!
+//! # Batch invariance
+//!
+//! Every output row is a function of its query, its position and the KV only — not of `n`,
+//! of the other rows, of the form or of the item's chunk lengths: both forms compute each
+//! score as one FMA chain over `j = 0..d` from zero, each output element as
+//! `o · corr` then one FMA chain over the chunk's positions, each chunk's probability sum
+//! as the same halving tree over `KV_CHUNK` leaves (absent positions count as `+0`), and
+//! `λ = λ · corr + sum` as one FMA. Positions a row cannot see add exact zeros. So query
+//! `i` of an `n`-token call is bitwise equal to a 1-token call at position `l + i` on the
+//! same path (tests/attention.rs checks it on every path).
 //!
 //! Keys after the last query's position are never read (prefill skips the upper triangle
 //! per block). Items run in parallel with rayon and write disjoint `(query, head)` rows of
@@ -276,13 +288,14 @@ isa_entry!(fn attn_item => item_generic(s: &SeqRef<'_>, it: &Item));
 unsafe fn item_generic<S: AttnTiles>(s: &SeqRef<'_>, it: &Item) {
     let rows = it.m1 - it.m0;
     if rows <= S::SMALL_M {
-        S::item_small(s, it, rows);
+        small::item_small::<S>(s, it);
     } else {
         S::item(s, it, rows.div_ceil(S::L));
     }
 }
 
 mod bodies;
+mod small;
 mod tiles;
 
 use tiles::AttnTiles;

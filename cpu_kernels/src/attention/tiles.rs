@@ -1,31 +1,31 @@
 //! Per-path register tiles of the chunked verification attention: the `AttnTiles` trait,
-//! its implementations for each instruction set, scratch handling and the two item forms
-//! (broadcast and small-M).
+//! its implementations for each instruction set, scratch handling and the broadcast form
+//! of a work item (the small form is in `small.rs`).
 
 use super::bodies::*;
 use super::*;
 
 /// Per-path register tiles of the attention microkernels.
 pub(crate) trait AttnTiles: Simd {
-    /// Items with at most this many query rows take the small-`M` form ([`item_small`]).
+    /// Items with at most this many query rows take the small form (`small::item_small`).
     const SMALL_M: usize;
     /// Runs [`item_cfg`] with `MV = mv` query vectors and this path's key/dim block.
     unsafe fn item(s: &SeqRef<'_>, it: &Item, mv: usize);
-    /// Runs [`item_small`] with `M = m` query rows and this path's blocks.
-    unsafe fn item_small(s: &SeqRef<'_>, it: &Item, m: usize);
-    /// [`dot_body`] as its own function with the path's target features.
-    unsafe fn dot<const M: usize, const PB: usize>(
-        k: *const f32,
-        ks: usize,
+    /// [`qk_t_rows`] with this path's row block and `KV_CHUNK / L` key vectors.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn qk_rows(
+        kt: *const f32,
+        kts: usize,
         q: *const f32,
         qs: usize,
-        dv: usize,
+        d: usize,
         s: *mut f32,
         ss: usize,
+        rows: usize,
     );
-    /// [`pv_small_body`] as its own function with the path's target features.
+    /// [`pv_small_rows`] with this path's row block.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn pv_small<const M: usize, const JV: usize>(
+    unsafe fn pv_rows(
         v: *const f32,
         vs: usize,
         p: *const f32,
@@ -34,6 +34,8 @@ pub(crate) trait AttnTiles: Simd {
         o: *mut f32,
         os: usize,
         corr: *const f32,
+        rows: usize,
+        dv: usize,
     );
     /// [`qk_body`] as its own function with the path's target features.
     unsafe fn qk<const MV: usize, const PB: usize>(
@@ -60,7 +62,7 @@ macro_rules! attn_tiles {
     (
         $ty:ty, $($feat:literal)?,
         [$(($mv:literal, $pb:literal)),*],
-        $small:literal, [$(($m:literal, $spb:literal, $jv:literal)),*]
+        small: $small:literal, qk_rows: $qmb:literal, kv: $kv:literal, pv_rows: $pmb:literal
     ) => {
         impl AttnTiles for $ty {
             const SMALL_M: usize = $small;
@@ -69,13 +71,6 @@ macro_rules! attn_tiles {
                 match mv {
                     $($mv => item_cfg::<Self, $mv, $pb>(s, it),)*
                     _ => unreachable!("query block larger than the tile"),
-                }
-            }
-            #[inline(always)]
-            unsafe fn item_small(s: &SeqRef<'_>, it: &Item, m: usize) {
-                match m {
-                    $($m => item_small::<Self, $m, $spb, $jv>(s, it),)*
-                    _ => unreachable!("small query block larger than the tile"),
                 }
             }
             $(#[target_feature(enable = $feat)])?
@@ -105,21 +100,23 @@ macro_rules! attn_tiles {
             }
             $(#[target_feature(enable = $feat)])?
             #[inline(never)]
-            unsafe fn dot<const M: usize, const PB: usize>(
-                k: *const f32,
-                ks: usize,
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn qk_rows(
+                kt: *const f32,
+                kts: usize,
                 q: *const f32,
                 qs: usize,
-                dv: usize,
+                d: usize,
                 s: *mut f32,
                 ss: usize,
+                rows: usize,
             ) {
-                dot_body::<Self, M, PB>(k, ks, q, qs, dv, s, ss)
+                qk_t_rows::<Self, $qmb, $kv>(kt, kts, q, qs, d, s, ss, rows)
             }
             $(#[target_feature(enable = $feat)])?
             #[inline(never)]
             #[allow(clippy::too_many_arguments)]
-            unsafe fn pv_small<const M: usize, const JV: usize>(
+            unsafe fn pv_rows(
                 v: *const f32,
                 vs: usize,
                 p: *const f32,
@@ -128,40 +125,32 @@ macro_rules! attn_tiles {
                 o: *mut f32,
                 os: usize,
                 corr: *const f32,
+                rows: usize,
+                dv: usize,
             ) {
-                pv_small_body::<Self, M, JV>(v, vs, p, ps, cn, o, os, corr)
+                pv_small_rows::<Self, $pmb>(v, vs, p, ps, cn, o, os, corr, rows, dv)
             }
         }
     };
 }
 
-// Broadcast form: (MV query vectors, PB keys / JB dims per microkernel). Small-M form:
-// up to SMALL_M rows, (M rows, PB keys per dot block, JV vectors of dims per PV block).
-// Accumulators + operands fit the register file (32 zmm / 16 ymm / 32 q).
+// Broadcast form: (MV query vectors, PB keys / JB dims per microkernel). Small form: up to
+// `small` rows; score tiles of up to `qk_rows` rows × `kv` key vectors (`kv · L` =
+// KV_CHUNK), output tiles of up to `pv_rows` rows × 4 vectors of dims. Accumulators +
+// operands fit the register file (32 zmm / 16 ymm / 32 q).
 #[cfg(target_arch = "x86_64")]
 attn_tiles!(
     crate::simd::x86::Avx512,
     "avx512f,avx2,fma,f16c",
     [(1, 8), (2, 8), (3, 6), (4, 4)],
-    8,
-    [
-        (1, 8, 8),
-        (2, 8, 8),
-        (3, 5, 4),
-        (4, 4, 4),
-        (5, 3, 4),
-        (6, 2, 4),
-        (7, 2, 2),
-        (8, 2, 2)
-    ]
+    small: 12, qk_rows: 8, kv: 2, pv_rows: 4
 );
 #[cfg(target_arch = "x86_64")]
 attn_tiles!(
     crate::simd::x86::Avx2,
     "avx2,fma,f16c",
     [(1, 8), (2, 4), (3, 3), (4, 2)],
-    4,
-    [(1, 8, 4), (2, 4, 4), (3, 3, 2), (4, 2, 2)]
+    small: 6, qk_rows: 2, kv: 4, pv_rows: 2
 );
 #[cfg(target_arch = "aarch64")]
 attn_tiles!(
@@ -177,13 +166,12 @@ attn_tiles!(
         (7, 3),
         (8, 2)
     ],
-    2,
-    [(1, 8, 8), (2, 8, 8)]
+    small: 2, qk_rows: 2, kv: 8, pv_rows: 4
 );
 attn_tiles!(
     crate::simd::portable::Portable, ,
     [(1, 8), (2, 4), (3, 3), (4, 2)],
-    4, [(1, 8, 4), (2, 4, 4), (3, 3, 2), (4, 2, 2)]
+    small: 4, qk_rows: 2, kv: 4, pv_rows: 2
 );
 
 thread_local! {
@@ -227,9 +215,9 @@ pub(super) unsafe fn widen_row<S: Simd>(dt: DType, src: *const u8, dst: *mut f32
 /// Copies rows `c0..c0 + cn` of KV heads `h0..h0 + nh` into `scratch` as f32
 /// (`[head][row][ds]`, widening f16/bf16), token by token (a token-major cache is read
 /// sequentially), and prefetches the same rows of the next chunk (`next_n` rows at
-/// `c0 + cn`) into L2. Always copying keeps the microkernels' rows contiguous and off
+/// `c0 + cn`) into L2. Copying keeps the microkernels' rows contiguous and off
 /// power-of-two strides (a token-major cache puts one head's rows `kv_heads · d` elements
-/// apart, which maps them all to the same L1 set).
+/// apart, which maps them all to the same L1 set); f32 head-major rows are read in place.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn copy_chunk<S: Simd>(
@@ -299,25 +287,25 @@ pub(super) unsafe fn carve<const N: usize>(
 
 /// The geometry shared by both forms of a work item.
 pub(super) struct Geometry {
-    d: usize,
-    heads: usize,
-    group: usize,
+    pub(super) d: usize,
+    pub(super) heads: usize,
+    pub(super) group: usize,
     /// Earlier positions `l = kv_len − n`.
-    l: usize,
+    pub(super) l: usize,
     /// Heads of the item.
-    nh: usize,
+    pub(super) nh: usize,
     /// Query rows of the item (per head).
-    rows: usize,
+    pub(super) rows: usize,
     /// Positions any row of the item can see: `l + i_last + 1`.
-    kv_end: usize,
+    pub(super) kv_end: usize,
     /// First position some row of the item cannot see: `l + i_first + 1`.
-    first_masked: usize,
+    pub(super) first_masked: usize,
     /// Row stride of the chunk scratch.
-    ds: usize,
+    pub(super) ds: usize,
 }
 
 impl Geometry {
-    fn new(s: &SeqRef<'_>, it: &Item) -> Self {
+    pub(super) fn new(s: &SeqRef<'_>, it: &Item) -> Self {
         let lay = s.k.layout;
         let group = s.shape.n_heads / lay.kv_heads;
         let l = s.shape.kv_len - s.shape.n_queries;
@@ -335,7 +323,7 @@ impl Geometry {
     }
 
     /// Query index and query head of row `m` (of the KV head's `n · group`) of head `kvh`.
-    fn query(&self, m: usize, kvh: usize) -> (usize, usize) {
+    pub(super) fn query(&self, m: usize, kvh: usize) -> (usize, usize) {
         (m / self.group, kvh * self.group + m % self.group)
     }
 }
@@ -351,6 +339,8 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
     let (d, ds, nh) = (g.d, g.ds, g.nh);
     let mp = MV * S::L;
     let c = KV_CHUNK;
+    // f32 rows already contiguous (head-major): read in place.
+    let direct = s.k.dtype == DType::F32 && s.v.dtype == DType::F32 && s.k.layout.token_stride == d;
 
     let mut buf = ATTN_SCRATCH.with(|x| x.take());
     let [qt, ot, sc, kc, vc, mrow, lsum, corr, ipos] = carve(
@@ -396,23 +386,32 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
     while c0 < g.kv_end {
         let cn = c.min(g.kv_end - c0);
         let next_n = c.min(g.kv_end - c0 - cn);
-        copy_chunk::<S>(&s.k, c0, cn, next_n, it.h0, nh, kc, ds);
-        copy_chunk::<S>(&s.v, c0, cn, next_n, it.h0, nh, vc, ds);
+        if !direct {
+            copy_chunk::<S>(&s.k, c0, cn, next_n, it.h0, nh, kc, ds);
+            copy_chunk::<S>(&s.v, c0, cn, next_n, it.h0, nh, vc, ds);
+        }
         for h in 0..nh {
             let (qt, ot) = (qt.add(h * d * mp), ot.add(h * d * mp));
             let (mrow, lsum) = (mrow.add(h * mp), lsum.add(h * mp));
-            let (kp, vp) = (
-                kc.add(h * c * ds) as *const u8,
-                vc.add(h * c * ds) as *const u8,
-            );
+            let (kp, vp, rs) = if direct {
+                let off = s.k.layout.offset(c0, it.h0 + h) * 4;
+                (
+                    s.k.data.as_ptr().add(off),
+                    s.v.data.as_ptr().add(off),
+                    d * 4,
+                )
+            } else {
+                let (k, v) = (kc.add(h * c * ds), vc.add(h * c * ds));
+                (k as *const u8, v as *const u8, ds * 4)
+            };
             // Scores Sᵀ[p][m].
             let mut p = 0;
             while p < cn {
                 if p + PB <= cn {
-                    S::qk::<MV, PB>(kp.add(p * ds * 4), ds * 4, qt, mp, d, sc.add(p * mp));
+                    S::qk::<MV, PB>(kp.add(p * rs), rs, qt, mp, d, sc.add(p * mp));
                     p += PB;
                 } else {
-                    S::qk::<MV, 1>(kp.add(p * ds * 4), ds * 4, qt, mp, d, sc.add(p * mp));
+                    S::qk::<MV, 1>(kp.add(p * rs), rs, qt, mp, d, sc.add(p * mp));
                     p += 1;
                 }
             }
@@ -437,13 +436,11 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
                     mx = S::max(mx, S::load(sc.add(p * mp + o)));
                 }
                 let cr = S::exp(S::sub(old, mx));
-                let mut sum = S::zero();
                 for p in 0..cn {
                     let at = sc.add(p * mp + o);
-                    let e = S::exp(S::sub(S::load(at), mx));
-                    S::store(at, e);
-                    sum = S::add(sum, e);
+                    S::store(at, S::exp(S::sub(S::load(at), mx)));
                 }
+                let sum = chunk_sum_rows::<S>(sc.add(o), mp, cn);
                 S::store(lsum.add(o), S::fma(S::load(lsum.add(o)), cr, sum));
                 S::store(mrow.add(o), mx);
                 S::store(corr.add(o), cr);
@@ -452,10 +449,10 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
             let mut j = 0;
             while j < d {
                 if j + PB <= d {
-                    S::pv::<MV, PB>(vp.add(j * 4), ds * 4, sc, mp, cn, ot.add(j * mp), corr);
+                    S::pv::<MV, PB>(vp.add(j * 4), rs, sc, mp, cn, ot.add(j * mp), corr);
                     j += PB;
                 } else {
-                    S::pv::<MV, 1>(vp.add(j * 4), ds * 4, sc, mp, cn, ot.add(j * mp), corr);
+                    S::pv::<MV, 1>(vp.add(j * 4), rs, sc, mp, cn, ot.add(j * mp), corr);
                     j += 1;
                 }
             }
@@ -477,155 +474,29 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
     ATTN_SCRATCH.with(|x| x.set(buf));
 }
 
-/// One work item with few query rows (`M ≤ SMALL_M`, e.g. decode: `M = group`), where the
-/// broadcast form would leave most lanes idle. Same single pass and online softmax, but
-/// vectorised along the head dimension: scores are dot products (`M` rows × `PB` keys of
-/// vector accumulators, then horizontal sums), `O[m][:] += P[m][p] · V[p][:]` with `P`
-/// broadcast. Rows are zero-padded to `dp` (a multiple of `L`).
+/// The canonical sum of one chunk's probabilities, for the rows of one vector: the
+/// positions' values `e[p]` (`e[p] = 0` for `p ≥ cn`, `p < KV_CHUNK`) are added as a
+/// halving tree — `e[p] += e[p + h]` for `h = 16, 8, 4, 2, 1` — which the small form
+/// reproduces with keys in lanes ([`super::small::chunk_sum`]), so both give the same bits.
+/// `e` rows are `mp` f32 apart.
 #[inline(always)]
-pub(super) unsafe fn item_small<S: AttnTiles, const M: usize, const PB: usize, const JV: usize>(
-    s: &SeqRef<'_>,
-    it: &Item,
-) {
-    let g = Geometry::new(s, it);
-    let (d, nh) = (g.d, g.nh);
-    let c = KV_CHUNK;
-    let dp = d.div_ceil(S::L) * S::L;
-    let dv = dp / S::L;
-    let ds = g.ds.max(dp);
-
-    let mut buf = ATTN_SCRATCH.with(|x| x.take());
-    let [qs, os, sc, kc, vc, mrow, lsum, corr] = carve(
-        &mut buf,
-        [
-            nh * M * dp,
-            nh * M * dp,
-            M * c,
-            nh * c * ds,
-            nh * c * ds,
-            nh * M,
-            nh * M,
-            M,
-        ],
-    );
-    // Zero Q, O and the K/V padding columns (`d..dp`, never written by the chunk copies):
-    // stale values there would meet the zero padding of Q and P as NaN.
-    std::ptr::write_bytes(qs, 0, nh * M * dp);
-    std::ptr::write_bytes(os, 0, nh * M * dp);
-    if dp > d {
-        for r in 0..nh * c {
-            std::ptr::write_bytes(kc.add(r * ds + d), 0, dp - d);
-            std::ptr::write_bytes(vc.add(r * ds + d), 0, dp - d);
+pub(super) unsafe fn chunk_sum_rows<S: Simd>(e: *const f32, mp: usize, cn: usize) -> S::V {
+    const H: usize = KV_CHUNK / 2;
+    let mut t = [S::zero(); H];
+    for (p, tp) in t.iter_mut().enumerate() {
+        // `x + 0 = x` exactly (probabilities are never −0): absent terms are skipped.
+        *tp = match (p < cn, p + H < cn) {
+            (true, true) => S::add(S::load(e.add(p * mp)), S::load(e.add((p + H) * mp))),
+            (true, false) => S::load(e.add(p * mp)),
+            _ => S::zero(),
+        };
+    }
+    let mut h = H / 2;
+    while h >= 1 {
+        for p in 0..h {
+            t[p] = S::add(t[p], t[p + h]);
         }
+        h /= 2;
     }
-    for x in 0..nh * M {
-        *mrow.add(x) = f32::NEG_INFINITY;
-        *lsum.add(x) = 0.0;
-    }
-    let mut ipos = [0usize; M];
-    for (mi, ip) in ipos.iter_mut().enumerate() {
-        *ip = (it.m0 + mi) / g.group;
-    }
-    for h in 0..nh {
-        for mi in 0..M {
-            let (i, qh) = g.query(it.m0 + mi, it.h0 + h);
-            let q = &s.q[(i * g.heads + qh) * d..(i * g.heads + qh + 1) * d];
-            for (j, &qj) in q.iter().enumerate() {
-                *qs.add((h * M + mi) * dp + j) = qj * s.shape.scale;
-            }
-        }
-    }
-
-    let mut c0 = 0;
-    while c0 < g.kv_end {
-        let cn = c.min(g.kv_end - c0);
-        let next_n = c.min(g.kv_end - c0 - cn);
-        copy_chunk::<S>(&s.k, c0, cn, next_n, it.h0, nh, kc, ds);
-        copy_chunk::<S>(&s.v, c0, cn, next_n, it.h0, nh, vc, ds);
-        for h in 0..nh {
-            let (qs, os) = (qs.add(h * M * dp), os.add(h * M * dp));
-            let (mrow, lsum) = (mrow.add(h * M), lsum.add(h * M));
-            let (kp, vp) = (kc.add(h * c * ds), vc.add(h * c * ds));
-            // Scores s[m][p].
-            let mut p = 0;
-            while p < cn {
-                if p + PB <= cn {
-                    S::dot::<M, PB>(kp.add(p * ds), ds, qs, dp, dv, sc.add(p), c);
-                    p += PB;
-                } else {
-                    S::dot::<M, 1>(kp.add(p * ds), ds, qs, dp, dv, sc.add(p), c);
-                    p += 1;
-                }
-            }
-            // Causal mask inside the trailing block.
-            if c0 + cn > g.first_masked {
-                for (mi, &i) in ipos.iter().enumerate() {
-                    for p in g.first_masked.max(c0)..c0 + cn {
-                        if p - g.l > i {
-                            *sc.add(mi * c + p - c0) = f32::NEG_INFINITY;
-                        }
-                    }
-                }
-            }
-            // Online softmax per row.
-            for mi in 0..M {
-                let row = sc.add(mi * c);
-                let mut vmax = S::splat(f32::NEG_INFINITY);
-                let mut p = 0;
-                while p + S::L <= cn {
-                    vmax = S::max(vmax, S::load(row.add(p)));
-                    p += S::L;
-                }
-                let mut mx = (*mrow.add(mi)).max(S::hmax(vmax));
-                for q in p..cn {
-                    mx = mx.max(*row.add(q));
-                }
-                let cr = (*mrow.add(mi) - mx).exp();
-                let m = S::splat(mx);
-                let mut vsum = S::zero();
-                let mut p = 0;
-                while p + S::L <= cn {
-                    let e = S::exp(S::sub(S::load(row.add(p)), m));
-                    S::store(row.add(p), e);
-                    vsum = S::add(vsum, e);
-                    p += S::L;
-                }
-                let mut sum = S::hsum(vsum);
-                for q in p..cn {
-                    let e = (*row.add(q) - mx).exp();
-                    *row.add(q) = e;
-                    sum += e;
-                }
-                *lsum.add(mi) = *lsum.add(mi) * cr + sum;
-                *mrow.add(mi) = mx;
-                *corr.add(mi) = cr;
-            }
-            // O[m][:] = O[m][:] · corr[m] + Σ_p P[m][p] · V[p][:].
-            let mut jv = 0;
-            while jv < dv {
-                let (v, o) = (vp.add(jv * S::L), os.add(jv * S::L));
-                if jv + JV <= dv {
-                    S::pv_small::<M, JV>(v, ds, sc, c, cn, o, dp, corr);
-                    jv += JV;
-                } else {
-                    S::pv_small::<M, 1>(v, ds, sc, c, cn, o, dp, corr);
-                    jv += 1;
-                }
-            }
-        }
-        c0 += cn;
-    }
-
-    let out = s.out.get();
-    for h in 0..nh {
-        for mi in 0..M {
-            let (i, qh) = g.query(it.m0 + mi, it.h0 + h);
-            let inv = 1.0 / *lsum.add(h * M + mi);
-            let o = out.add((i * g.heads + qh) * d);
-            for j in 0..d {
-                *o.add(j) = *os.add((h * M + mi) * dp + j) * inv;
-            }
-        }
-    }
-    ATTN_SCRATCH.with(|x| x.set(buf));
+    t[0]
 }

@@ -73,6 +73,18 @@ pub(crate) trait Simd: Copy {
     /// `if a >= b { t } else { f }` per lane.
     unsafe fn select_ge(a: Self::V, b: Self::V, t: Self::V, f: Self::V) -> Self::V;
 
+    /// Sums of the lanes of each vector of `v`, stored to `out[0..v.len()]`.
+    ///
+    /// Every lane sum follows one fixed tree per path, whatever `v.len()` and whichever vectors
+    /// are reduced together (so an output never depends on its neighbours); paths may
+    /// override it with a transposing reduction that shares shuffles between vectors.
+    #[inline(always)]
+    unsafe fn hsums(v: &[Self::V], out: *mut f32) {
+        for (i, &x) in v.iter().enumerate() {
+            *out.add(i) = Self::hsum(x);
+        }
+    }
+
     /// Hints that the cache line at `p` will be read later: fetch it into L2 (never faults).
     #[inline(always)]
     unsafe fn prefetch_l2(_p: *const u8) {}
@@ -83,6 +95,17 @@ pub(crate) trait Simd: Copy {
         let mut buf = [0.0f32; 16];
         std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), n.min(Self::L));
         Self::load(buf.as_ptr())
+    }
+
+    /// Transposes one `L × L` block of f32: `dst[c · ds + r] = src[r · ss + c]` for
+    /// `r, c < L` (strides in elements; the blocks must not overlap).
+    #[inline(always)]
+    unsafe fn transpose(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
+        for r in 0..Self::L {
+            for c in 0..Self::L {
+                *dst.add(c * ds + r) = *src.add(r * ss + c);
+            }
+        }
     }
 
     /// Stores the first `n < L` lanes of `v` at `p`.

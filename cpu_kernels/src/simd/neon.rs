@@ -110,4 +110,29 @@ impl Simd for Neon {
     unsafe fn prefetch_l2(p: *const u8) {
         core::arch::asm!("prfm pldl2keep, [{p}]", p = in(reg) p, options(nostack, preserves_flags, readonly));
     }
+    #[inline(always)]
+    unsafe fn hsums(v: &[float32x4_t], out: *mut f32) {
+        // Groups of 4: two pairwise adds give `(v0 + v1) + (v2 + v3)` per vector, the tree
+        // of `vaddvq_f32`.
+        let n_all = v.len();
+        let mut g = 0;
+        while g < n_all {
+            let mut u = [vdupq_n_f32(0.0); 4];
+            for (i, slot) in u.iter_mut().enumerate() {
+                if g + i < n_all {
+                    *slot = v[g + i];
+                }
+            }
+            let h = vpaddq_f32(vpaddq_f32(u[0], u[1]), vpaddq_f32(u[2], u[3]));
+            let n = n_all - g;
+            if n >= 4 {
+                vst1q_f32(out.add(g), h);
+            } else {
+                let mut buf = [0.0f32; 4];
+                vst1q_f32(buf.as_mut_ptr(), h);
+                core::ptr::copy_nonoverlapping(buf.as_ptr(), out.add(g), n);
+            }
+            g += 4;
+        }
+    }
 }

@@ -12,6 +12,44 @@ impl Simd for Avx512 {
     const L: usize = 16;
 
     #[inline(always)]
+    unsafe fn transpose(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
+        // 64 shuffles: ps pairs, pd pairs, then two rounds of 128-bit block selects. After
+        // the first two rounds `u[4g + c]` holds, in 128-bit block `k`, rows `4g..4g+4` of
+        // column `4k + c`.
+        let mut r = [_mm512_setzero_ps(); 16];
+        for (i, x) in r.iter_mut().enumerate() {
+            *x = _mm512_loadu_ps(src.add(i * ss));
+        }
+        let mut t = [_mm512_setzero_ps(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        let mut u = [_mm512_setzero_ps(); 16];
+        for g in 0..4 {
+            let (a, b) = (_mm512_castps_pd(t[4 * g]), _mm512_castps_pd(t[4 * g + 2]));
+            let (c, d) = (
+                _mm512_castps_pd(t[4 * g + 1]),
+                _mm512_castps_pd(t[4 * g + 3]),
+            );
+            u[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+            u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+            u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+            u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+        }
+        for c in 0..4 {
+            let v0 = _mm512_shuffle_f32x4::<0x88>(u[c], u[4 + c]);
+            let v1 = _mm512_shuffle_f32x4::<0xDD>(u[c], u[4 + c]);
+            let w0 = _mm512_shuffle_f32x4::<0x88>(u[8 + c], u[12 + c]);
+            let w1 = _mm512_shuffle_f32x4::<0xDD>(u[8 + c], u[12 + c]);
+            _mm512_storeu_ps(dst.add(c * ds), _mm512_shuffle_f32x4::<0x88>(v0, w0));
+            _mm512_storeu_ps(dst.add((8 + c) * ds), _mm512_shuffle_f32x4::<0xDD>(v0, w0));
+            _mm512_storeu_ps(dst.add((4 + c) * ds), _mm512_shuffle_f32x4::<0x88>(v1, w1));
+            _mm512_storeu_ps(dst.add((12 + c) * ds), _mm512_shuffle_f32x4::<0xDD>(v1, w1));
+        }
+    }
+
+    #[inline(always)]
     unsafe fn zero() -> __m512 {
         _mm512_setzero_ps()
     }
@@ -105,6 +143,67 @@ impl Simd for Avx512 {
     unsafe fn store_partial(p: *mut f32, v: __m512, n: usize) {
         _mm512_mask_storeu_ps(p, ((1u32 << n) - 1) as __mmask16, v)
     }
+
+    #[inline(always)]
+    unsafe fn hsums(v: &[__m512], out: *mut f32) {
+        // Groups of 16 vectors; slot `s` of a group holds vector `4 (s % 4) + s / 4` (zero
+        // past the end) so that lane `e` of the transposed result is the sum of vector `e`.
+        // Every lane sum is `((v[i] + v[i+8]) + (… i+4)) + (… i+2)) + (… i+1)`.
+        let n_all = v.len();
+        let mut g = 0;
+        while g < n_all {
+            let mut u = [_mm512_setzero_ps(); 16];
+            for (s, slot) in u.iter_mut().enumerate() {
+                let i = g + 4 * (s % 4) + s / 4;
+                if i < n_all {
+                    *slot = v[i];
+                }
+            }
+            let mut c = [_mm512_setzero_ps(); 8];
+            for (k, ck) in c.iter_mut().enumerate() {
+                *ck = sum_halves_512(u[2 * k], u[2 * k + 1]);
+            }
+            let mut e = [_mm512_setzero_ps(); 4];
+            for (m, em) in e.iter_mut().enumerate() {
+                *em = sum_quarters_512(c[2 * m], c[2 * m + 1]);
+            }
+            let f0 = sum_pairs_ps::<0x44, 0xEE>(e[0], e[1]);
+            let f1 = sum_pairs_ps::<0x44, 0xEE>(e[2], e[3]);
+            let h = sum_pairs_ps::<0x88, 0xDD>(f0, f1);
+            let n = n_all - g;
+            if n >= 16 {
+                _mm512_storeu_ps(out.add(g), h);
+            } else {
+                _mm512_mask_storeu_ps(out.add(g), ((1u32 << n) - 1) as __mmask16, h);
+            }
+            g += 16;
+        }
+    }
+}
+
+/// `[a lanes i + (i+8) for i < 8 | b likewise]`.
+#[inline(always)]
+unsafe fn sum_halves_512(a: __m512, b: __m512) -> __m512 {
+    _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0x44>(a, b),
+        _mm512_shuffle_f32x4::<0xEE>(a, b),
+    )
+}
+
+/// For `a = [a0 | a1]`, `b = [b0 | b1]` (8-lane halves): 128-bit blocks
+/// `[a0.lo + a0.hi, a1.lo + a1.hi, b0.lo + b0.hi, b1.lo + b1.hi]`.
+#[inline(always)]
+unsafe fn sum_quarters_512(a: __m512, b: __m512) -> __m512 {
+    _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0x88>(a, b),
+        _mm512_shuffle_f32x4::<0xDD>(a, b),
+    )
+}
+
+/// Within each 128-bit block: `shuffle_ps::<LO>(a, b) + shuffle_ps::<HI>(a, b)`.
+#[inline(always)]
+unsafe fn sum_pairs_ps<const LO: i32, const HI: i32>(a: __m512, b: __m512) -> __m512 {
+    _mm512_add_ps(_mm512_shuffle_ps::<LO>(a, b), _mm512_shuffle_ps::<HI>(a, b))
 }
 
 /// AVX2 + FMA + F16C path.
@@ -114,6 +213,42 @@ pub(crate) struct Avx2;
 impl Simd for Avx2 {
     type V = __m256;
     const L: usize = 8;
+
+    #[inline(always)]
+    unsafe fn transpose(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
+        // 24 shuffles: ps pairs, pd pairs, 128-bit halves.
+        let mut r = [_mm256_setzero_ps(); 8];
+        for (i, x) in r.iter_mut().enumerate() {
+            *x = _mm256_loadu_ps(src.add(i * ss));
+        }
+        let mut t = [_mm256_setzero_ps(); 8];
+        for i in 0..4 {
+            t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        let mut u = [_mm256_setzero_ps(); 8];
+        for g in 0..2 {
+            let (a, b) = (_mm256_castps_pd(t[4 * g]), _mm256_castps_pd(t[4 * g + 2]));
+            let (c, d) = (
+                _mm256_castps_pd(t[4 * g + 1]),
+                _mm256_castps_pd(t[4 * g + 3]),
+            );
+            u[4 * g] = _mm256_castpd_ps(_mm256_unpacklo_pd(a, b));
+            u[4 * g + 1] = _mm256_castpd_ps(_mm256_unpackhi_pd(a, b));
+            u[4 * g + 2] = _mm256_castpd_ps(_mm256_unpacklo_pd(c, d));
+            u[4 * g + 3] = _mm256_castpd_ps(_mm256_unpackhi_pd(c, d));
+        }
+        for c in 0..4 {
+            _mm256_storeu_ps(
+                dst.add(c * ds),
+                _mm256_permute2f128_ps::<0x20>(u[c], u[4 + c]),
+            );
+            _mm256_storeu_ps(
+                dst.add((4 + c) * ds),
+                _mm256_permute2f128_ps::<0x31>(u[c], u[4 + c]),
+            );
+        }
+    }
 
     #[inline(always)]
     unsafe fn zero() -> __m256 {
@@ -205,5 +340,50 @@ impl Simd for Avx2 {
     #[inline(always)]
     unsafe fn prefetch_l2(p: *const u8) {
         _mm_prefetch::<_MM_HINT_T1>(p as *const i8)
+    }
+    #[inline(always)]
+    unsafe fn hsums(v: &[__m256], out: *mut f32) {
+        // Groups of 8; slot `s` holds vector `4 (s % 2) + s / 2` so that lane `e` of the
+        // result is the sum of vector `e`; the same tree per lane as `hsum`.
+        let n_all = v.len();
+        let mut g = 0;
+        while g < n_all {
+            let mut u = [_mm256_setzero_ps(); 8];
+            for (s, slot) in u.iter_mut().enumerate() {
+                let i = g + 4 * (s % 2) + s / 2;
+                if i < n_all {
+                    *slot = v[i];
+                }
+            }
+            let mut c = [_mm256_setzero_ps(); 4];
+            for (k, ck) in c.iter_mut().enumerate() {
+                let (a, b) = (u[2 * k], u[2 * k + 1]);
+                *ck = _mm256_add_ps(
+                    _mm256_permute2f128_ps::<0x20>(a, b),
+                    _mm256_permute2f128_ps::<0x31>(a, b),
+                );
+            }
+            let mut e = [_mm256_setzero_ps(); 2];
+            for (m, em) in e.iter_mut().enumerate() {
+                let (a, b) = (c[2 * m], c[2 * m + 1]);
+                *em = _mm256_add_ps(
+                    _mm256_shuffle_ps::<0x44>(a, b),
+                    _mm256_shuffle_ps::<0xEE>(a, b),
+                );
+            }
+            let h = _mm256_add_ps(
+                _mm256_shuffle_ps::<0x88>(e[0], e[1]),
+                _mm256_shuffle_ps::<0xDD>(e[0], e[1]),
+            );
+            let n = n_all - g;
+            if n >= 8 {
+                _mm256_storeu_ps(out.add(g), h);
+            } else {
+                let mut buf = [0.0f32; 8];
+                _mm256_storeu_ps(buf.as_mut_ptr(), h);
+                core::ptr::copy_nonoverlapping(buf.as_ptr(), out.add(g), n);
+            }
+            g += 8;
+        }
     }
 }

@@ -1,0 +1,237 @@
+//! The small form of a work item: few query rows (decode, or verification with a small GQA
+//! group), where the broadcast form would leave most lanes idle. Scores put keys in lanes
+//! (the chunk's keys transposed to `Kᵀ[d][KV_CHUNK]`), outputs put dims in lanes
+//! (`O[m][:] += P[m][p] · V[p][:]`). Every score, probability, running sum and output
+//! element goes through the same roundings as in the broadcast form ([`super::tiles`]), so
+//! the two forms give bitwise identical rows and the form can follow `M`.
+
+use super::tiles::{carve, chunk_stride, copy_chunk, prefetch_row, AttnTiles, Geometry};
+use super::*;
+
+thread_local! {
+    /// The thread's small-form scratch, reused across items (taken out while in use).
+    static SMALL_SCRATCH: std::cell::Cell<Vec<Line>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Transposes rows `0..cn` (`ss` f32 apart, `cn ≤ KV_CHUNK`) of `d` f32 at `src` into
+/// `kt[j · KV_CHUNK + p]`. Full `L × L` blocks use the path's transpose; the last partial
+/// block of rows goes through a zero-filled staging block (never reading past row `cn`);
+/// dims past the last multiple of `L` are moved one by one.
+#[inline(always)]
+unsafe fn transpose_chunk<S: Simd>(src: *const f32, ss: usize, cn: usize, d: usize, kt: *mut f32) {
+    let (c, l) = (KV_CHUNK, S::L);
+    let dl = d / l * l;
+    let mut stage = std::mem::MaybeUninit::<[f32; 256]>::uninit();
+    let stage = stage.as_mut_ptr() as *mut f32;
+    let mut p = 0;
+    while p < cn {
+        let rows = l.min(cn - p);
+        let mut j = 0;
+        while j < dl {
+            if rows == l {
+                S::transpose(src.add(p * ss + j), ss, kt.add(j * c + p), c);
+            } else {
+                for r in 0..l {
+                    let x = if r < rows {
+                        S::load(src.add((p + r) * ss + j))
+                    } else {
+                        S::zero()
+                    };
+                    S::store(stage.add(r * l), x);
+                }
+                S::transpose(stage, l, kt.add(j * c + p), c);
+            }
+            j += l;
+        }
+        for jj in dl..d {
+            for r in 0..rows {
+                *kt.add(jj * c + p + r) = *src.add((p + r) * ss + jj);
+            }
+        }
+        p += l;
+    }
+}
+
+/// The canonical chunk sum of one row's probabilities `e[0..KV_CHUNK]` (zero past the
+/// chunk's end): `e[p] += e[p + h]` for `h = 16, 8, 4, 2, 1`, as
+/// [`super::tiles::chunk_sum_rows`] does with rows in lanes.
+#[inline(always)]
+unsafe fn chunk_sum<S: Simd>(e: *const f32) -> f32 {
+    let mut t = [0.0f32; KV_CHUNK];
+    std::ptr::copy_nonoverlapping(e, t.as_mut_ptr(), KV_CHUNK);
+    let t = t.as_mut_ptr();
+    let mut h = KV_CHUNK / 2;
+    while h >= S::L {
+        let mut p = 0;
+        while p < h {
+            S::store(t.add(p), S::add(S::load(t.add(p)), S::load(t.add(p + h))));
+            p += S::L;
+        }
+        h /= 2;
+    }
+    while h >= 1 {
+        for p in 0..h {
+            *t.add(p) += *t.add(p + h);
+        }
+        h /= 2;
+    }
+    *t
+}
+
+/// One work item in the small form (`M = rows ≤ SMALL_M`). Per chunk and head: `Kᵀ` (read
+/// in place when f32, else widened first), scores `S[m][p]` (`M × KV_CHUNK`, positions past
+/// the chunk or the row's query masked to −∞), online softmax per row, then
+/// `O[m][:] = O[m][:] · corr[m] + Σ_p P[m][p] · V[p][:]` with f32 `V` read in place when
+/// `d` is a multiple of `L` (else widened into a zero-padded scratch).
+#[inline(always)]
+pub(super) unsafe fn item_small<S: AttnTiles>(s: &SeqRef<'_>, it: &Item) {
+    let g = Geometry::new(s, it);
+    let (d, nh, rows) = (g.d, g.nh, g.rows);
+    let c = KV_CHUNK;
+    let dp = d.div_ceil(S::L) * S::L;
+    let dv = dp / S::L;
+    let mp = rows.div_ceil(S::L) * S::L;
+    let ds = chunk_stride(d).max(dp);
+    let kf32 = s.k.dtype == DType::F32;
+    let vdirect = s.v.dtype == DType::F32 && d % S::L == 0;
+    // Rows already contiguous (head-major) are left to the hardware prefetcher.
+    let ts = s.k.layout.token_stride;
+    let sw_prefetch = ts != d;
+
+    let mut buf = SMALL_SCRATCH.with(|x| x.take());
+    let [qs, os, sc, kt, kc, vc, mrow, lsum, mnew, csum, corr] = carve(
+        &mut buf,
+        [
+            nh * rows * d,
+            nh * rows * dp,
+            rows * c,
+            d * c,
+            if kf32 { 0 } else { c * ds },
+            if vdirect { 0 } else { c * ds },
+            nh * mp,
+            nh * mp,
+            mp,
+            mp,
+            mp,
+        ],
+    );
+    std::ptr::write_bytes(os, 0, nh * rows * dp);
+    if !vdirect {
+        std::ptr::write_bytes(vc, 0, c * ds);
+    }
+    for x in 0..nh * mp {
+        *mrow.add(x) = if x % mp < rows {
+            f32::NEG_INFINITY
+        } else {
+            0.0
+        };
+        *lsum.add(x) = 0.0;
+    }
+    for x in 0..mp {
+        *mnew.add(x) = 0.0;
+        *csum.add(x) = 0.0;
+    }
+    for h in 0..nh {
+        for mi in 0..rows {
+            let (i, qh) = g.query(it.m0 + mi, it.h0 + h);
+            let q = &s.q[(i * g.heads + qh) * d..(i * g.heads + qh + 1) * d];
+            for (j, &qj) in q.iter().enumerate() {
+                *qs.add((h * rows + mi) * d + j) = qj * s.shape.scale;
+            }
+        }
+    }
+    let (kbase, vbase) = (s.k.data.as_ptr(), s.v.data.as_ptr());
+
+    let mut c0 = 0;
+    while c0 < g.kv_end {
+        let cn = c.min(g.kv_end - c0);
+        let next_n = c.min(g.kv_end - c0 - cn);
+        let pf_n = if sw_prefetch { next_n } else { 0 };
+        for h in 0..nh {
+            let kvh = it.h0 + h;
+            let (qs, os) = (qs.add(h * rows * d), os.add(h * rows * dp));
+            let (mrow, lsum) = (mrow.add(h * mp), lsum.add(h * mp));
+            // Kᵀ of the chunk.
+            if kf32 {
+                for p in 0..pf_n {
+                    prefetch_row::<S>(&s.k, c0 + cn + p, kvh);
+                }
+                let src = kbase.add(s.k.layout.offset(c0, kvh) * 4) as *const f32;
+                transpose_chunk::<S>(src, ts, cn, d, kt);
+            } else {
+                copy_chunk::<S>(&s.k, c0, cn, pf_n, kvh, 1, kc, ds);
+                transpose_chunk::<S>(kc, ds, cn, d, kt);
+            }
+            let (vp, vs) = if vdirect {
+                for p in 0..pf_n {
+                    prefetch_row::<S>(&s.v, c0 + cn + p, kvh);
+                }
+                (vbase.add(s.v.layout.offset(c0, kvh) * 4) as *const f32, ts)
+            } else {
+                copy_chunk::<S>(&s.v, c0, cn, pf_n, kvh, 1, vc, ds);
+                (vc as *const f32, ds)
+            };
+            // Scores S[m][p]; positions past the chunk, and past each row's query, → −∞.
+            S::qk_rows(kt, c, qs, d, d, sc, c, rows);
+            for mi in 0..rows {
+                let row = sc.add(mi * c);
+                for p in cn..c {
+                    *row.add(p) = f32::NEG_INFINITY;
+                }
+                let i = (it.m0 + mi) / g.group;
+                for p in g.first_masked.max(c0)..c0 + cn {
+                    if p - g.l > i {
+                        *row.add(p - c0) = f32::NEG_INFINITY;
+                    }
+                }
+            }
+            // Online softmax: per row max and probabilities, then per vector of rows the
+            // correction and running sum (the broadcast form's exact operations).
+            for mi in 0..rows {
+                let row = sc.add(mi * c);
+                let mut vmax = S::load(row);
+                let mut p = S::L;
+                while p < c {
+                    vmax = S::max(vmax, S::load(row.add(p)));
+                    p += S::L;
+                }
+                let mx = (*mrow.add(mi)).max(S::hmax(vmax));
+                let m = S::splat(mx);
+                let mut p = 0;
+                while p < c {
+                    S::store(row.add(p), S::exp(S::sub(S::load(row.add(p)), m)));
+                    p += S::L;
+                }
+                *mnew.add(mi) = mx;
+                *csum.add(mi) = chunk_sum::<S>(row);
+            }
+            let mut o = 0;
+            while o < mp {
+                let (old, new) = (S::load(mrow.add(o)), S::load(mnew.add(o)));
+                let cr = S::exp(S::sub(old, new));
+                S::store(
+                    lsum.add(o),
+                    S::fma(S::load(lsum.add(o)), cr, S::load(csum.add(o))),
+                );
+                S::store(mrow.add(o), new);
+                S::store(corr.add(o), cr);
+                o += S::L;
+            }
+            S::pv_rows(vp, vs, sc, c, cn, os, dp, corr, rows, dv);
+        }
+        c0 += cn;
+    }
+
+    let out = s.out.get();
+    for h in 0..nh {
+        for mi in 0..rows {
+            let (i, qh) = g.query(it.m0 + mi, it.h0 + h);
+            let inv = 1.0 / *lsum.add(h * mp + mi);
+            let o = out.add((i * g.heads + qh) * d);
+            for j in 0..d {
+                *o.add(j) = *os.add((h * rows + mi) * dp + j) * inv;
+            }
+        }
+    }
+    SMALL_SCRATCH.with(|x| x.set(buf));
+}

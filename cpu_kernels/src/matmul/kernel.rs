@@ -1,0 +1,165 @@
+//! The register tile: `R` weight rows × `TB` tokens of vector accumulators over a run of
+//! steps, the ragged column tail, and the transposing horizontal sums into `out`.
+
+use super::rows::{elem_size, DT_BF16, DT_F16};
+use crate::simd::Simd;
+
+/// [`Mk::flags`]: reduce into `out` at the end (else store the partial sums to `acc`).
+pub(super) const MK_REDUCE: u8 = 1;
+/// [`Mk::flags`]: prefetch each row block's successor into L2 while it runs.
+pub(super) const MK_PF: u8 = 2;
+
+/// Arguments of one microkernel call: `nrb` consecutive row blocks of `R` rows, one token
+/// block of `TB` tokens, one column range.
+pub(crate) struct Mk {
+    /// First weight byte of the first row at the first step.
+    pub(super) w: *const u8,
+    /// Bytes between weight rows.
+    pub(super) wrs: usize,
+    /// First packed `x` element of token 0 at the first step.
+    pub(super) x: *const f32,
+    /// f32 between packed token rows.
+    pub(super) xs: usize,
+    /// Full steps to run.
+    pub(super) steps: usize,
+    /// Ragged columns after the steps (only on the last column block), `< step`.
+    pub(super) tail: usize,
+    /// Row blocks to run back to back (1 when `acc` is used).
+    pub(super) nrb: usize,
+    /// Matrix rows from the first row on (bounds the prefetch of the next row block).
+    pub(super) rows_left: usize,
+    /// `out[t0, r]`: output of the first token and row.
+    pub(super) out: *mut f32,
+    /// f32 between output token rows.
+    pub(super) ldo: usize,
+    /// Partial-sum slots `[R · TB][16]`, or null: start from zero and keep everything in
+    /// registers (then `MK_REDUCE` must be set).
+    pub(super) acc: *mut f32,
+    /// Start from the partial sums in `acc` (else from zero).
+    pub(super) load: bool,
+    /// [`MK_REDUCE`] | [`MK_PF`].
+    pub(super) flags: u8,
+}
+
+/// Runs `k.nrb` row blocks: for each, loads or zeroes the accumulators, runs the
+/// [`microkernel`] over the steps (prefetching the next row block if asked), then the
+/// ragged tail from a zero-padded copy of the rows' last bytes, then either reduces into
+/// `out` (transposing horizontal sums, [`Simd::hsums`]) or stores the partial sums.
+#[inline(always)]
+pub(super) unsafe fn mk_body<S: Simd, const DT: u8, const R: usize, const TB: usize>(k: &Mk) {
+    let esz = elem_size(DT);
+    let step = if DT == DT_BF16 { 2 * S::L } else { S::L };
+    for i in 0..k.nrb {
+        let w = k.w.add(i * R * k.wrs);
+        let mut a = [[S::zero(); TB]; R];
+        if k.load {
+            for (r, row) in a.iter_mut().enumerate() {
+                for (t, v) in row.iter_mut().enumerate() {
+                    *v = S::load(k.acc.add((r * TB + t) * 16));
+                }
+            }
+        }
+        let pf_rows = if k.flags & MK_PF != 0 {
+            k.rows_left.saturating_sub((i + 1) * R).min(R)
+        } else {
+            0
+        };
+        a = if pf_rows == R {
+            microkernel::<S, DT, R, TB, true>(w, k.wrs, k.x, k.xs, k.steps, a, w.add(R * k.wrs))
+        } else {
+            microkernel::<S, DT, R, TB, false>(w, k.wrs, k.x, k.xs, k.steps, a, w)
+        };
+        if k.tail > 0 {
+            let mut buf = [[0u8; 64]; R];
+            for (r, b) in buf.iter_mut().enumerate() {
+                std::ptr::copy_nonoverlapping(
+                    w.add(r * k.wrs + k.steps * step * esz),
+                    b.as_mut_ptr(),
+                    k.tail * esz,
+                );
+            }
+            a = microkernel::<S, DT, R, TB, false>(
+                buf.as_ptr() as *const u8,
+                64,
+                k.x.add(k.steps * step),
+                k.xs,
+                1,
+                a,
+                w,
+            );
+        }
+        if k.flags & MK_REDUCE != 0 {
+            // Sums in `[R][TB]` order, then scattered to `out[t, r]`.
+            let mut sums = [[0.0f32; TB]; R];
+            // SAFETY (of the casts): `[[V; TB]; R]` and `[[f32; TB]; R]` are contiguous
+            // arrays of `R · TB` elements.
+            S::hsums(
+                std::slice::from_raw_parts(a.as_ptr() as *const S::V, R * TB),
+                sums.as_mut_ptr() as *mut f32,
+            );
+            let out = k.out.add(i * R);
+            for (r, row) in sums.iter().enumerate() {
+                for (t, &v) in row.iter().enumerate() {
+                    *out.add(t * k.ldo + r) = v;
+                }
+            }
+        } else {
+            for (r, row) in a.iter().enumerate() {
+                for (t, v) in row.iter().enumerate() {
+                    S::store(k.acc.add((r * TB + t) * 16), *v);
+                }
+            }
+        }
+    }
+}
+
+/// `acc[r][t] += Σ_k w[r, k] · x[t, k]` over `steps` steps, vector-wise (reduced later).
+/// `w` rows are `wrs` bytes apart, `x` token rows `xs` f32 apart (packed by
+/// [`super::pack_x`]). With `PF`, prefetches `pf` (same geometry as `w`) into L2.
+///
+/// Per step each row's weights are converted once and FMA'd against the `TB` tokens'
+/// `x` vectors, which the compiler keeps in registers across the `R` rows.
+#[inline(always)]
+unsafe fn microkernel<S: Simd, const DT: u8, const R: usize, const TB: usize, const PF: bool>(
+    w: *const u8,
+    wrs: usize,
+    x: *const f32,
+    xs: usize,
+    steps: usize,
+    mut acc: [[S::V; TB]; R],
+    pf: *const u8,
+) -> [[S::V; TB]; R] {
+    let esz = elem_size(DT);
+    let step = if DT == DT_BF16 { 2 * S::L } else { S::L };
+    // One prefetch per row per 64 bytes of weights.
+    let pf_every = (64 / (step * esz)).max(1);
+    for s in 0..steps {
+        let k = s * step;
+        if PF && s % pf_every == 0 {
+            for r in 0..R {
+                S::prefetch_l2(pf.wrapping_add(r * wrs + k * esz));
+            }
+        }
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let wp = w.add(r * wrs + k * esz);
+            if DT == DT_BF16 {
+                let (we, wo) = S::bf16x2(wp);
+                for (t, a) in acc_r.iter_mut().enumerate() {
+                    let xp = x.add(t * xs + k);
+                    *a = S::fma(we, S::load(xp), *a);
+                    *a = S::fma(wo, S::load(xp.add(S::L)), *a);
+                }
+            } else {
+                let wv = if DT == DT_F16 {
+                    S::f16(wp)
+                } else {
+                    S::load(wp as *const f32)
+                };
+                for (t, a) in acc_r.iter_mut().enumerate() {
+                    *a = S::fma(wv, S::load(x.add(t * xs + k)), *a);
+                }
+            }
+        }
+    }
+    acc
+}

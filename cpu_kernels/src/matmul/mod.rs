@@ -1,0 +1,265 @@
+//! Matmul of f32 activations by stored weights: `out[t, o] = Σ_i x[t, i] · W[o, i]`.
+//!
+//! Weights keep the Hugging Face layout `[out_features, in_features]` and their stored dtype
+//! (f32, f16, bf16); they are converted in registers and read once per call whatever the
+//! number of tokens, so a decode-time GEMV streams at DRAM bandwidth and an expert that
+//! serves `k+1` verification tokens costs barely more than one that serves a single token.
+//! Work is split over output rows with rayon.
+//!
+//! # Kernel structure
+//!
+//! - `x` is first copied into a 64-byte aligned buffer `[tokens, kp]` (`kp` = `cols`
+//!   rounded up to one microkernel step, zero-filled, plus one cache line so that token
+//!   rows do not share an L1 set). For bf16 weights each step covers `2L` columns and `x`
+//!   is stored *de-interleaved* inside each step (the `L` even columns, then the `L` odd
+//!   ones): a bf16 pair loaded as one 32-bit lane then becomes two f32 vectors with one
+//!   shift and one mask (`w << 16`, `w & 0xFFFF0000`) and the dot product is unchanged.
+//!   f16 uses F16C / `vcvtph2ps` (AVX-512, AVX2) or `FCVTL` (NEON).
+//! - The microkernel (`kernel.rs`) keeps `R × TB` vector accumulators (R weight rows × TB
+//!   tokens) in registers; per step it converts each row's weights once and FMAs them
+//!   against the TB tokens' `x` vectors, which stay in registers across the rows. One call
+//!   runs a run of row blocks back to back, the ragged column tail (< one step, from a
+//!   zero-padded stack copy) as one more step, and ends with transposing horizontal sums
+//!   (`Simd::hsums`) written straight to `out`, or partial sums stored for the next
+//!   column block. It is compiled as its own target-feature function per (dtype, R, TB).
+//! - The tile plan (`rows.rs`) depends on the path and the token count: AVX-512 and NEON
+//!   run 1–3 tokens on R = 6, 4 tokens on R = 4 and 5–6 tokens on R = 3, each as a single
+//!   token block (weights converted once), and larger batches as blocks of ≤ 3 on R = 6;
+//!   AVX2 and portable: R = 4, TB ≤ 2. The ragged row tail uses R = 1.
+//! - With one token block, a task is one microkernel call over all its row blocks, the
+//!   accumulators never leaving registers. With several, all token blocks of a row block
+//!   run back to back over its L1-resident weight slice, so weights come from DRAM once
+//!   per call. While a row block runs, the next one is prefetched into L2. Large batches
+//!   (packed `x` above 256 KiB) switch to column block → row block → token block so that
+//!   `x[tokens, kc]` stays in L2, with vector partial sums in a per-thread scratch.
+//! - Batch invariance: every output has one vector accumulator fed the steps in order and
+//!   one fixed horizontal-sum tree, whatever the plan, so `n` tokens give bitwise the
+//!   outputs of `n` one-token calls (what keeps greedy speculative decoding exact).
+//! - Tasks of [`TASK_ROW_BLOCKS`] row blocks run in parallel with rayon; each writes its own
+//!   `out[t, r0..r1]` strip through a raw pointer (disjoint by construction).
+
+mod kernel;
+mod rows;
+
+use crate::dispatch::{active, usable, Isa};
+use crate::dtype::{load_f32, DType};
+use crate::simd::{aligned_f32, lanes, Line};
+use crate::SendPtr;
+use rayon::prelude::*;
+use rows::{matmul_rows, plan, MmArgs, DT_BF16, DT_F16, DT_F32};
+
+/// A read-only weight matrix `[rows, cols]` = `[out_features, in_features]`, row-major,
+/// little-endian, in its stored dtype.
+#[derive(Clone, Copy, Debug)]
+pub struct WeightMatrix<'a> {
+    /// Element type of `data`.
+    pub dtype: DType,
+    /// Output features (rows).
+    pub rows: usize,
+    /// Input features (columns).
+    pub cols: usize,
+    /// `rows * cols * dtype.size()` bytes.
+    pub data: &'a [u8],
+}
+
+impl<'a> WeightMatrix<'a> {
+    /// Wraps `data` as a `[rows, cols]` matrix.
+    ///
+    /// Panics if `data.len() != rows * cols * dtype.size()` (a caller bug: shapes are
+    /// validated when checkpoints are loaded).
+    pub fn new(dtype: DType, rows: usize, cols: usize, data: &'a [u8]) -> Self {
+        assert_eq!(
+            data.len(),
+            rows * cols * dtype.size(),
+            "weight matrix [{rows}, {cols}] {dtype} needs {} bytes",
+            rows * cols * dtype.size()
+        );
+        WeightMatrix {
+            dtype,
+            rows,
+            cols,
+            data,
+        }
+    }
+
+    /// Rows `start..end` as a matrix of their own.
+    pub fn row_range(&self, start: usize, end: usize) -> WeightMatrix<'a> {
+        let rb = self.cols * self.dtype.size();
+        WeightMatrix {
+            dtype: self.dtype,
+            rows: end - start,
+            cols: self.cols,
+            data: &self.data[start * rb..end * rb],
+        }
+    }
+
+    /// Bytes of weight data (what one call of [`matmul`] reads).
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Converts row `r` to f32 into `out` (`out.len() == cols`): an embedding lookup.
+    pub fn row_to_f32(&self, r: usize, out: &mut [f32]) {
+        crate::dtype::to_f32_slice(self.data, self.dtype, r * self.cols, out);
+    }
+}
+
+/// Row blocks per parallel task (a task is `TASK_ROW_BLOCKS × R` output rows, `R` the
+/// row block of the call's tile plan).
+pub const TASK_ROW_BLOCKS: usize = 8;
+
+/// Below this many weight bytes a call runs on the calling thread only.
+const SEQUENTIAL_BYTES: usize = 256 * 1024;
+
+/// `out[tokens, w.rows] = x[tokens, w.cols] · wᵀ` on the active path.
+///
+/// `x` is f32 `[tokens, w.cols]` row-major; `out` is f32 `[tokens, w.rows]` row-major and is
+/// overwritten. Runs in the current rayon pool.
+///
+/// Panics if `x.len() != tokens * w.cols` or `out.len() != tokens * w.rows`.
+pub fn matmul(x: &[f32], tokens: usize, w: &WeightMatrix<'_>, out: &mut [f32]) {
+    matmul_with(active(), x, tokens, w, out)
+}
+
+/// [`matmul`] on an explicit path. Falls back to the portable path for a path the CPU
+/// lacks ([`crate::dispatch::usable`]).
+///
+/// Panics if `x.len() != tokens * w.cols` or `out.len() != tokens * w.rows`.
+pub fn matmul_with(isa: Isa, x: &[f32], tokens: usize, w: &WeightMatrix<'_>, out: &mut [f32]) {
+    assert_eq!(x.len(), tokens * w.cols, "matmul: x must be [tokens, in]");
+    assert_eq!(
+        out.len(),
+        tokens * w.rows,
+        "matmul: out must be [tokens, out]"
+    );
+    assert_eq!(
+        w.data.len(),
+        w.rows * w.cols * w.dtype.size(),
+        "matmul: weight data does not match its shape"
+    );
+    if tokens == 0 || w.rows == 0 {
+        return;
+    }
+    if w.cols == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let isa = usable(isa);
+    let l = lanes(isa);
+    let step = if w.dtype == DType::BF16 { 2 * l } else { l };
+    // Packed rows are `kp` f32 apart: `cols` rounded up to a step, plus one cache line so
+    // that the token rows of a tile do not all map to the same L1 set.
+    let kp = w.cols.div_ceil(step) * step + 16;
+    let mut xp = PACK.with(|c| c.take());
+    pack_x(&mut xp, x, tokens, w.cols, kp, step, w.dtype == DType::BF16);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let dt = match w.dtype {
+        DType::F32 => DT_F32,
+        DType::F16 => DT_F16,
+        DType::BF16 => DT_BF16,
+    };
+    let tiles = plan(isa, tokens);
+    let run = |r0: usize, r1: usize| {
+        let a = MmArgs {
+            dt,
+            tiles,
+            w: w.data.as_ptr(),
+            cols: w.cols,
+            x: xp.as_ptr() as *const f32,
+            kp,
+            tokens,
+            r0,
+            r1,
+            n_rows: w.rows,
+            out: out_ptr.get(),
+        };
+        // SAFETY: `w.data` holds `rows * cols` elements (asserted), `xp` holds
+        // `tokens * kp` f32, and this task writes only `out[t * rows + r]` for
+        // `r0 <= r < r1`, disjoint from every other task's rows; `out` has
+        // `tokens * rows` elements (asserted) and outlives the parallel loop.
+        unsafe { matmul_rows(isa, &a) }
+    };
+    let threads = rayon::current_num_threads();
+    if w.bytes() < SEQUENTIAL_BYTES || threads == 1 {
+        run(0, w.rows);
+        PACK.with(|c| c.set(xp));
+        return;
+    }
+    let rb = tiles.rows;
+    let full = TASK_ROW_BLOCKS * rb;
+    let task_rows = if w.rows >= full * 4 * threads {
+        full
+    } else {
+        (w.rows.div_ceil(4 * threads).div_ceil(rb) * rb).clamp(rb, full)
+    };
+    let n_tasks = w.rows.div_ceil(task_rows);
+    (0..n_tasks).into_par_iter().for_each(|b| {
+        let r0 = b * task_rows;
+        run(r0, (r0 + task_rows).min(w.rows));
+    });
+    PACK.with(|c| c.set(xp));
+}
+
+thread_local! {
+    /// The calling thread's packed-activation buffer, reused across calls (taken out while
+    /// in use, so a nested call on the same thread simply allocates its own).
+    static PACK: std::cell::Cell<Vec<Line>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Copies `x[tokens, cols]` into `buf` as `[tokens, kp]` f32 (64-byte aligned, zero-padded
+/// to `kp`, a multiple of 16 that covers `cols` rounded up to `step`); with `deinterleave`, each step of `step` columns is
+/// stored as its even columns then its odd ones.
+fn pack_x(
+    buf: &mut Vec<Line>,
+    x: &[f32],
+    tokens: usize,
+    cols: usize,
+    kp: usize,
+    step: usize,
+    deinterleave: bool,
+) {
+    let base = aligned_f32(buf, tokens * kp);
+    // SAFETY: `aligned_f32` made `buf` hold at least `tokens * kp` f32 (plain data).
+    let p = unsafe { std::slice::from_raw_parts_mut(base, tokens * kp) };
+    let half = step / 2;
+    for t in 0..tokens {
+        let src = &x[t * cols..(t + 1) * cols];
+        let dst = &mut p[t * kp..(t + 1) * kp];
+        if !deinterleave {
+            dst[..cols].copy_from_slice(src);
+            dst[cols..].fill(0.0);
+            continue;
+        }
+        let full = cols / step;
+        for (c, d) in src.chunks_exact(step).zip(dst.chunks_exact_mut(step)) {
+            let (even, odd) = d.split_at_mut(half);
+            for j in 0..half {
+                even[j] = c[2 * j];
+                odd[j] = c[2 * j + 1];
+            }
+        }
+        let d = &mut dst[full * step..];
+        d.fill(0.0);
+        for (j, &v) in src[full * step..].iter().enumerate() {
+            d[(j % 2) * half + j / 2] = v;
+        }
+    }
+}
+
+/// Plain scalar reference used by conformance tests: f64 accumulation, no tiling.
+///
+/// Returns f32 `[tokens, w.rows]`. Panics if `x.len() != tokens * w.cols`.
+pub fn matmul_reference(x: &[f32], tokens: usize, w: &WeightMatrix<'_>) -> Vec<f32> {
+    assert_eq!(x.len(), tokens * w.cols, "matmul: x must be [tokens, in]");
+    let mut out = vec![0.0f32; tokens * w.rows];
+    for t in 0..tokens {
+        for r in 0..w.rows {
+            let mut acc = 0.0f64;
+            for i in 0..w.cols {
+                acc += x[t * w.cols + i] as f64 * load_f32(w.data, w.dtype, r * w.cols + i) as f64;
+            }
+            out[t * w.rows + r] = acc as f32;
+        }
+    }
+    out
+}

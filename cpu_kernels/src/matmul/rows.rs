@@ -1,0 +1,355 @@
+//! The per-task driver: tile plans per path and token count, and the loops over row
+//! blocks, column blocks and token blocks that call the microkernel ([`super::kernel`]).
+
+use super::kernel::{Mk, MK_PF, MK_REDUCE};
+use crate::dispatch::Isa;
+use crate::simd::{aligned_f32, isa_entry, Line, Simd};
+
+pub(super) const DT_F32: u8 = 0;
+pub(super) const DT_F16: u8 = 1;
+pub(super) const DT_BF16: u8 = 2;
+
+/// Element bytes of dtype code `dt`.
+#[inline(always)]
+pub(super) const fn elem_size(dt: u8) -> usize {
+    if dt == DT_F32 {
+        4
+    } else {
+        2
+    }
+}
+
+/// Tile shape of one call: `rows` weight rows × up to `tb` tokens per microkernel tile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Plan {
+    /// Rows per row block (`R`).
+    pub(super) rows: usize,
+    /// Largest token block (`TB`); tokens are split into balanced blocks of at most `tb`.
+    pub(super) tb: usize,
+}
+
+const fn p(rows: usize, tb: usize) -> Plan {
+    Plan { rows, tb }
+}
+
+/// The tile plan of `isa`'s path for `tokens` tokens.
+///
+/// 32-register paths (AVX-512, NEON) hold `R·TB` accumulators, `2·TB` activation vectors
+/// and a row's converted weights: 1–3 tokens run as one token block on R = 6 rows, 4 as
+/// one block on R = 4, 5–6 as one block on R = 3 (each weight vector converted once);
+/// from 7 on, blocks of ≤ 3 on R = 6 (measured best on AVX-512: R = 3 × TB = 8 spills,
+/// and two blocks on R = 4 cost more per call for short rows). 16-register paths (AVX2) and the portable one use
+/// R = 4 × TB ≤ 2.
+///
+/// The plan never changes results: each output has one vector accumulator fed the steps
+/// in order and one horizontal sum, whatever the tile.
+pub(super) fn plan(isa: Isa, tokens: usize) -> Plan {
+    match isa {
+        Isa::Avx512 | Isa::Neon => match tokens {
+            1 => p(6, 1),
+            2 => p(6, 2),
+            3 => p(6, 3),
+            4 => p(4, 4),
+            5 | 6 => p(3, 6),
+            _ => p(6, 3),
+        },
+        _ => p(4, 2),
+    }
+}
+
+/// Arguments of one row-range task (raw pointers: see the safety note in
+/// [`super::matmul_with`]).
+pub(crate) struct MmArgs {
+    pub(super) dt: u8,
+    pub(super) tiles: Plan,
+    pub(super) w: *const u8,
+    pub(super) cols: usize,
+    pub(super) x: *const f32,
+    pub(super) kp: usize,
+    pub(super) tokens: usize,
+    pub(super) r0: usize,
+    pub(super) r1: usize,
+    pub(super) n_rows: usize,
+    pub(super) out: *mut f32,
+}
+
+isa_entry!(pub(super) fn matmul_rows => rows_generic(a: &MmArgs));
+
+/// Per-path instantiation of the tile plans and of the microkernel.
+pub(crate) trait MatmulTiles: Simd {
+    /// Runs [`rows_cfg`] with the `R` and `TB` of `a.tiles` (one of this path's plans).
+    unsafe fn rows<const DT: u8>(a: &MmArgs);
+    /// [`super::kernel::mk_body`], compiled as its own function with the path's target
+    /// features so that register allocation sees nothing but its loops.
+    unsafe fn mk<const DT: u8, const R: usize, const TB: usize>(k: &Mk);
+}
+
+macro_rules! mk_fn {
+    ($($feat:literal)?) => {
+        $(#[target_feature(enable = $feat)])?
+        #[inline(never)]
+        unsafe fn mk<const DT: u8, const R: usize, const TB: usize>(k: &Mk) {
+            super::kernel::mk_body::<Self, DT, R, TB>(k)
+        }
+    };
+}
+
+/// The plans of the 32-register paths (see [`plan`]).
+#[inline(always)]
+unsafe fn rows_wide<S: MatmulTiles, const DT: u8>(a: &MmArgs) {
+    match (a.tiles.rows, a.tiles.tb) {
+        (6, 1) => rows_cfg::<S, DT, 6, 1>(a),
+        (6, 2) => rows_cfg::<S, DT, 6, 2>(a),
+        (6, 3) => rows_cfg::<S, DT, 6, 3>(a),
+        (4, 4) => rows_cfg::<S, DT, 4, 4>(a),
+        (3, 6) => rows_cfg::<S, DT, 3, 6>(a),
+        _ => unreachable!("no such matmul tile plan"),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl MatmulTiles for crate::simd::x86::Avx512 {
+    #[inline(always)]
+    unsafe fn rows<const DT: u8>(a: &MmArgs) {
+        rows_wide::<Self, DT>(a)
+    }
+    mk_fn!("avx512f,avx2,fma,f16c");
+}
+
+#[cfg(target_arch = "aarch64")]
+impl MatmulTiles for crate::simd::neon::Neon {
+    #[inline(always)]
+    unsafe fn rows<const DT: u8>(a: &MmArgs) {
+        rows_wide::<Self, DT>(a)
+    }
+    mk_fn!("neon");
+}
+
+#[cfg(target_arch = "x86_64")]
+impl MatmulTiles for crate::simd::x86::Avx2 {
+    #[inline(always)]
+    unsafe fn rows<const DT: u8>(a: &MmArgs) {
+        rows_cfg::<Self, DT, 4, 2>(a)
+    }
+    mk_fn!("avx2,fma,f16c");
+}
+
+impl MatmulTiles for crate::simd::portable::Portable {
+    #[inline(always)]
+    unsafe fn rows<const DT: u8>(a: &MmArgs) {
+        rows_cfg::<Self, DT, 4, 2>(a)
+    }
+    mk_fn!();
+}
+
+#[inline(always)]
+unsafe fn rows_generic<S: MatmulTiles>(a: &MmArgs) {
+    match a.dt {
+        DT_BF16 => S::rows::<DT_BF16>(a),
+        DT_F16 => S::rows::<DT_F16>(a),
+        _ => S::rows::<DT_F32>(a),
+    }
+}
+
+thread_local! {
+    /// Per-thread partial sums of the K-blocked orders (reused across calls).
+    static SCRATCH: std::cell::Cell<Vec<Line>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Bytes of one row block's weights kept L1-resident by the K blocking.
+const W_BLOCK_BYTES: usize = 12 * 1024;
+
+/// Bytes of packed activations `x[tokens, kc]` kept L2-resident by the K blocking.
+const X_BLOCK_BYTES: usize = 256 * 1024;
+
+/// Rows `a.r0..a.r1`, all tokens, in row blocks of `R` (the ragged end: blocks of 1) and
+/// balanced token blocks of ≤ `TBMAX`.
+///
+/// A row block's `[R, kc]` weight slice stays in L1 while every token block runs over it
+/// (each weight vector converted once per token block, reused `TB` times from registers);
+/// `x[t, kc]` is streamed from L2 (each vector reused `R` times from registers). Weights
+/// are read from DRAM once per call; while its first token block runs, a row block
+/// prefetches the next row block's slice into L2 (one prefetch per row per 64 bytes) so
+/// that DRAM reads overlap the arithmetic. Vector partial sums wait in a per-thread
+/// scratch between column blocks. Three loop orders:
+/// - one token block (decode, verification of ≤ TB tokens), `x` in L2, no column
+///   blocking: a single microkernel call runs all the task's row blocks back to back,
+///   each over all columns with its accumulators in registers, reduced in registers at
+///   the end (a token-block-outer order for several blocks was measured slower: the
+///   weights then come from L2 once per token block);
+/// - several token blocks, `x` in L2 (verification of more tokens, small batches): row
+///   block → column block → token block, so each weight row is read sequentially (`R`
+///   streams) and its L1-resident slice serves every token block;
+/// - otherwise (large batches, prefill): column block → row block → token block, so that
+///   `x[tokens, kc]` stays in L2 while all the task's row blocks run over it.
+#[inline(always)]
+unsafe fn rows_cfg<S: MatmulTiles, const DT: u8, const R: usize, const TBMAX: usize>(a: &MmArgs) {
+    let esz = elem_size(DT);
+    let step = if DT == DT_BF16 { 2 * S::L } else { S::L };
+    let steps = a.cols / step;
+    let nb = a.tokens.div_ceil(TBMAX);
+    let kc_steps = if nb == 1 {
+        steps.max(1)
+    } else {
+        let w_steps = W_BLOCK_BYTES / (R * step * esz);
+        let x_steps = X_BLOCK_BYTES / (a.tokens * step * 4);
+        w_steps.min(x_steps).max(1)
+    };
+    let x_in_l2 = a.tokens * a.kp * 4 <= X_BLOCK_BYTES;
+    let blocked = kc_steps < steps;
+    let geo = RowsGeo {
+        step,
+        steps,
+        kc_steps,
+        blocked,
+        nb,
+        sp: std::ptr::null_mut(),
+    };
+    if x_in_l2 && !blocked && nb == 1 {
+        let full = (a.r1 - a.r0) / R;
+        if full > 0 {
+            column_block::<S, DT, R, TBMAX>(a, &geo, a.r0, full, 0, 0);
+        }
+        let r = a.r0 + full * R;
+        if r < a.r1 {
+            column_block::<S, DT, 1, TBMAX>(a, &geo, r, a.r1 - r, 0, 0);
+        }
+        return;
+    }
+    // The scratch pointer stays valid for this task: nothing else on this thread touches
+    // the buffer until the task ends (no closure around the loops, so that everything
+    // below is compiled with the path's target features).
+    let scratch_rows = if x_in_l2 { R } else { a.r1 - a.r0 };
+    let sp = if blocked {
+        let need = scratch_rows * a.tokens * 16;
+        SCRATCH.with(|cell| {
+            let mut buf = cell.take();
+            let p = aligned_f32(&mut buf, need);
+            cell.set(buf);
+            p
+        })
+    } else {
+        std::ptr::null_mut()
+    };
+    let geo = RowsGeo { sp, ..geo };
+    if x_in_l2 {
+        let mut r = a.r0;
+        while r < a.r1 {
+            let full = r + R <= a.r1;
+            let mut k0 = 0;
+            loop {
+                k0 = if full {
+                    column_block::<S, DT, R, TBMAX>(a, &geo, r, 1, k0, 0)
+                } else {
+                    column_block::<S, DT, 1, TBMAX>(a, &geo, r, 1, k0, 0)
+                };
+                if k0 == steps {
+                    break;
+                }
+            }
+            r += if full { R } else { 1 };
+        }
+    } else {
+        let mut k0 = 0;
+        loop {
+            let mut r = a.r0;
+            let mut next = k0;
+            while r < a.r1 {
+                if r + R <= a.r1 {
+                    next = column_block::<S, DT, R, TBMAX>(a, &geo, r, 1, k0, r - a.r0);
+                    r += R;
+                } else {
+                    next = column_block::<S, DT, 1, TBMAX>(a, &geo, r, 1, k0, r - a.r0);
+                    r += 1;
+                }
+            }
+            k0 = next;
+            if k0 == steps {
+                break;
+            }
+        }
+    }
+}
+
+/// Loop constants of [`rows_cfg`].
+#[derive(Clone, Copy)]
+struct RowsGeo {
+    step: usize,
+    steps: usize,
+    kc_steps: usize,
+    blocked: bool,
+    nb: usize,
+    sp: *mut f32,
+}
+
+/// All token blocks of the `nrb` consecutive row blocks of `R` rows starting at row `r`,
+/// over the column block starting at step `k0`, with partial sums at scratch row `srow`
+/// (only used when `nrb == 1`). Returns the next column block's step.
+#[inline(always)]
+unsafe fn column_block<S: MatmulTiles, const DT: u8, const R: usize, const TBMAX: usize>(
+    a: &MmArgs,
+    geo: &RowsGeo,
+    r: usize,
+    nrb: usize,
+    k0: usize,
+    srow: usize,
+) -> usize {
+    let esz = elem_size(DT);
+    let step = geo.step;
+    let wrs = a.cols * esz;
+    let ks = geo.kc_steps.min(geo.steps - k0);
+    let last = k0 + ks == geo.steps;
+    let base = a.tokens / geo.nb;
+    let extra = a.tokens % geo.nb;
+    let mut t0 = 0;
+    for b in 0..geo.nb {
+        let tb = base + usize::from(b < extra);
+        let mut flags = 0;
+        if last {
+            flags |= MK_REDUCE;
+        }
+        // The first token block prefetches the next row block's slice.
+        if b == 0 {
+            flags |= MK_PF;
+        }
+        let k = Mk {
+            w: a.w.add(r * wrs + k0 * step * esz),
+            wrs,
+            x: a.x.add(t0 * a.kp + k0 * step),
+            xs: a.kp,
+            steps: ks,
+            tail: if last { a.cols % step } else { 0 },
+            nrb,
+            rows_left: a.n_rows - r,
+            out: a.out.add(t0 * a.n_rows + r),
+            ldo: a.n_rows,
+            acc: if geo.blocked {
+                geo.sp.add((srow * a.tokens + t0 * R) * 16)
+            } else {
+                std::ptr::null_mut()
+            },
+            load: k0 > 0,
+            flags,
+        };
+        token_block::<S, DT, R, TBMAX>(tb, &k);
+        t0 += tb;
+    }
+    k0 + ks
+}
+
+/// [`MatmulTiles::mk`] for a token block of `tb ≤ TBMAX` tokens.
+#[inline(always)]
+unsafe fn token_block<S: MatmulTiles, const DT: u8, const R: usize, const TBMAX: usize>(
+    tb: usize,
+    k: &Mk,
+) {
+    match tb {
+        1 => S::mk::<DT, R, 1>(k),
+        2 if TBMAX >= 2 => S::mk::<DT, R, 2>(k),
+        3 if TBMAX >= 3 => S::mk::<DT, R, 3>(k),
+        4 if TBMAX >= 4 => S::mk::<DT, R, 4>(k),
+        5 if TBMAX >= 5 => S::mk::<DT, R, 5>(k),
+        6 if TBMAX >= 6 => S::mk::<DT, R, 6>(k),
+        _ => unreachable!("token block larger than the tile"),
+    }
+}

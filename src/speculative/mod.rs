@@ -1,0 +1,516 @@
+//! Speculative decoding for a batch: a small draft model proposes `k` tokens per sequence,
+//! the target verifies all `k+1` positions of every sequence in one forward step (ragged
+//! blocks through the chunked verification attention), and each sequence accepts its own
+//! number of tokens; both KV caches are rolled back per sequence.
+//!
+//! Lossless: greedy requests accept a draft token iff it is the target's argmax, so the
+//! output equals greedy decoding of the target alone; sampled requests use speculative
+//! sampling (Leviathan et al. 2023, arXiv 2211.17192, Algorithm 1; Chen et al. 2023,
+//! arXiv 2302.01318): accept `d ~ q` with probability `min(1, p(d)/q(d))`, on rejection draw
+//! from `norm(max(0, p − q))`, and draw the bonus token from `p`, with the same
+//! temperature / top-k / top-p processing applied to `p` (target) and `q` (draft).
+
+mod accept;
+mod draft;
+
+use crate::engine::{check_requests, FinishReason, GenOutput, GenRequest, GenStats};
+use crate::error::{Error, Result};
+use crate::model::{KvCache, LogitRows, Model, SeqStep};
+use crate::sampling::Sampler;
+use accept::Next;
+use draft::{DraftSeq, Drafted};
+use serde::Serialize;
+use std::time::Instant;
+
+/// Largest draft length `k` used (also the cap of `--draft-len auto`).
+pub const MAX_DRAFT_LEN: usize = 16;
+
+/// How many tokens the draft proposes per step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DraftLen {
+    /// Always `k`.
+    Fixed(usize),
+    /// Adapted every step from the observed acceptance (transformers' "heuristic"
+    /// schedule): `k + 2` after a step where every sequence accepted all its draft tokens,
+    /// `k − 1` otherwise, within `1..=max`.
+    Auto {
+        /// Initial `k`.
+        start: usize,
+        /// Largest `k`.
+        max: usize,
+    },
+}
+
+impl DraftLen {
+    /// Parses `--draft-len`: a number or `auto`.
+    ///
+    /// Errors: anything else, or a number outside `1..=MAX_DRAFT_LEN`.
+    pub fn parse(s: &str) -> Result<Self> {
+        if s.trim() == "auto" {
+            return Ok(DraftLen::Auto { start: 4, max: 8 });
+        }
+        match s.trim().parse::<usize>() {
+            Ok(k) if (1..=MAX_DRAFT_LEN).contains(&k) => Ok(DraftLen::Fixed(k)),
+            _ => Err(Error::Input(format!(
+                "--draft-len: expected a number in 1..={MAX_DRAFT_LEN} or 'auto', got '{s}'"
+            ))),
+        }
+    }
+}
+
+/// Counters of a speculative run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SpecStats {
+    /// `k` of the last step (fixed `k`, or where `auto` ended).
+    pub draft_len: usize,
+    /// Mean `k` over target steps.
+    pub mean_draft_len: f64,
+    /// Draft tokens proposed, over all sequences.
+    pub proposed: usize,
+    /// Draft tokens accepted, over all sequences.
+    pub accepted: usize,
+    /// Target verification steps (each covers every live sequence).
+    pub target_steps: usize,
+    /// Sequence-steps: one per live sequence per target step.
+    pub seq_steps: usize,
+    /// Wall time in draft forward steps, seconds.
+    pub draft_seconds: f64,
+    /// Wall time in target verification steps (with overlap: including the draft steps
+    /// that ran alongside), seconds.
+    pub verify_seconds: f64,
+    /// Whether the draft drafted the next block while the target verified.
+    pub overlap: bool,
+    /// Sequence-steps whose draft tokens were drafted during the previous verification.
+    pub overlap_steps: usize,
+}
+
+impl SpecStats {
+    /// Accepted ÷ proposed draft tokens.
+    pub fn acceptance_rate(&self) -> f64 {
+        if self.proposed == 0 {
+            0.0
+        } else {
+            self.accepted as f64 / self.proposed as f64
+        }
+    }
+}
+
+/// Checks that `draft` can serve `target`: identical tokenizer vocabularies (when both
+/// have one) and the same logits width.
+///
+/// Errors: names both directories and what differs.
+pub fn check_pair(
+    target: &Model,
+    draft: &Model,
+    target_vocab: Option<&std::collections::HashMap<String, u32>>,
+    draft_vocab: Option<&std::collections::HashMap<String, u32>>,
+) -> Result<()> {
+    if target.cfg.vocab_size != draft.cfg.vocab_size {
+        return Err(Error::Input(format!(
+            "--draft: the draft's vocab_size {} differs from the target's {}; the pair must share one tokenizer",
+            draft.cfg.vocab_size, target.cfg.vocab_size
+        )));
+    }
+    if let (Some(t), Some(d)) = (target_vocab, draft_vocab) {
+        if t != d {
+            let diff = t.iter().filter(|(k, v)| d.get(*k) != Some(v)).count()
+                + d.keys().filter(|k| !t.contains_key(*k)).count();
+            return Err(Error::Input(format!(
+                "--draft: the draft's tokenizer differs from the target's ({diff} of {} tokens map differently); the pair must share one tokenizer",
+                t.len().max(d.len())
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Options of [`generate_speculative_with`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpecOptions {
+    /// Draft tokens proposed per step.
+    pub draft_len: DraftLen,
+    /// Draft the next block while the target verifies this one (see the module docs).
+    pub overlap: bool,
+}
+
+/// Draft tokens drafted during the previous verification, ready for this step.
+struct Ahead {
+    /// The draft tokens after the accepted offered token; the draft cache has read all but
+    /// the last.
+    drafted: Drafted,
+}
+
+struct Seq {
+    tcache: KvCache,
+    dcache: KvCache,
+    sampler: Sampler,
+    out: Vec<u32>,
+    /// Committed tokens not yet in the target cache (always exactly the last one).
+    last: u32,
+    /// Committed tokens not yet in the draft cache (0 to 2).
+    dpending: Vec<u32>,
+    /// Drafts made while the previous step was verified, if they could be used.
+    ahead: Option<Ahead>,
+    done: Option<FinishReason>,
+}
+
+impl Seq {
+    /// Draft length for the next step given `k`, if `extra` more tokens were committed and
+    /// `extra` more read into the target cache: never past the token budget or the context.
+    fn next_k(&self, req: &GenRequest, k: usize, ctx: usize, extra: usize) -> usize {
+        let budget = req.max_new_tokens.saturating_sub(self.out.len() + extra);
+        let room = ctx.saturating_sub(self.tcache.len() + extra + 1);
+        k.min(budget.saturating_sub(1)).min(room)
+    }
+}
+
+/// [`generate_speculative_with`] with `overlap` on when the rayon pool has two threads or
+/// more.
+///
+/// Errors: as [`crate::engine::generate`].
+pub fn generate_speculative(
+    target: &Model,
+    draft: &Model,
+    reqs: &[GenRequest],
+    draft_len: DraftLen,
+    on_token: impl FnMut(usize, u32),
+) -> Result<(Vec<GenOutput>, GenStats, SpecStats)> {
+    let opts = SpecOptions {
+        draft_len,
+        overlap: rayon::current_num_threads() >= 2,
+    };
+    generate_speculative_with(target, draft, reqs, opts, on_token)
+}
+
+/// Generates for `reqs` with `target`, drafting with `draft` (see the module docs);
+/// `on_token(i, id)` is called for each committed token of sequence `i`, in order.
+///
+/// Errors: as [`crate::engine::generate`].
+pub fn generate_speculative_with(
+    target: &Model,
+    draft: &Model,
+    reqs: &[GenRequest],
+    opts: SpecOptions,
+    mut on_token: impl FnMut(usize, u32),
+) -> Result<(Vec<GenOutput>, GenStats, SpecStats)> {
+    let ctx = target.context_len().min(draft.context_len());
+    let mut stats = check_requests(reqs, ctx)?;
+    let mut spec = SpecStats {
+        overlap: opts.overlap,
+        ..SpecStats::default()
+    };
+    let mut seqs: Vec<Seq> = reqs
+        .iter()
+        .map(|r| Seq {
+            tcache: target.new_cache(),
+            dcache: draft.new_cache(),
+            sampler: Sampler::new(r.sampling.clone()),
+            out: Vec::new(),
+            last: 0,
+            dpending: Vec::new(),
+            ahead: None,
+            done: if r.max_new_tokens == 0 {
+                Some(FinishReason::Length)
+            } else {
+                None
+            },
+        })
+        .collect();
+
+    // Prefill: the target picks the first token; the draft reads the prompt (at the same
+    // time when overlapping).
+    let t0 = Instant::now();
+    let live: Vec<usize> = (0..seqs.len())
+        .filter(|&i| seqs[i].done.is_none())
+        .collect();
+    let out = {
+        let mut tsteps: Vec<SeqStep<'_>> = Vec::new();
+        let mut dsteps: Vec<SeqStep<'_>> = Vec::new();
+        for (i, s) in seqs.iter_mut().enumerate() {
+            if s.done.is_none() {
+                tsteps.push(SeqStep {
+                    tokens: &reqs[i].prompt_ids,
+                    cache: &mut s.tcache,
+                    logits: LogitRows::Last(1),
+                });
+                dsteps.push(SeqStep {
+                    tokens: &reqs[i].prompt_ids,
+                    cache: &mut s.dcache,
+                    logits: LogitRows::Last(1),
+                });
+            }
+        }
+        let mut run_t = || target.forward(&mut tsteps, false);
+        let mut run_d = || {
+            if dsteps.is_empty() {
+                Ok(Default::default())
+            } else {
+                draft.forward(&mut dsteps, false)
+            }
+        };
+        let (t, d) = if opts.overlap {
+            rayon::join(run_t, run_d)
+        } else {
+            let t = run_t();
+            (t, run_d())
+        };
+        d?;
+        t?
+    };
+    for (&i, logits) in live.iter().zip(&out.logits) {
+        let s = &mut seqs[i];
+        let tok = s.sampler.sample(logits);
+        s.last = tok;
+        s.dpending = vec![tok];
+        let n = s.tcache.len();
+        accept::commit(&mut s.out, &mut s.done, &reqs[i], &[tok], n, ctx, |t| {
+            on_token(i, t)
+        });
+    }
+    stats.prefill_seconds = t0.elapsed().as_secs_f64();
+
+    let t1 = Instant::now();
+    let mut k = match opts.draft_len {
+        DraftLen::Fixed(k) => k,
+        DraftLen::Auto { start, .. } => start,
+    };
+    let mut k_sum = 0usize;
+    loop {
+        let live: Vec<usize> = (0..seqs.len())
+            .filter(|&i| seqs[i].done.is_none())
+            .collect();
+        if live.is_empty() {
+            break;
+        }
+        let ks: Vec<usize> = live
+            .iter()
+            .map(|&i| seqs[i].next_k(&reqs[i], k, ctx, 0))
+            .collect();
+        // Draft phase: sequences whose drafts were made during the last verification take
+        // them (cut to this step's k); the others draft now, batched.
+        let td = Instant::now();
+        let mut drafts: Vec<Drafted> = vec![Drafted::default(); live.len()];
+        for (n, &i) in live.iter().enumerate() {
+            let s = &mut seqs[i];
+            if let Some(a) = s.ahead.take() {
+                let mut d = a.drafted;
+                // The draft cache holds all but the last draft; keep `ks[n] − 1` of them.
+                let fed = d.tokens.len() - 1;
+                let keep = ks[n].saturating_sub(1).min(fed);
+                let dl = s.dcache.len();
+                s.dcache.truncate(dl - (fed - keep));
+                d.tokens.truncate(ks[n].min(d.tokens.len()));
+                d.qs.truncate(d.tokens.len());
+                drafts[n] = d;
+                spec.overlap_steps += 1;
+            }
+        }
+        let need: Vec<usize> = live
+            .iter()
+            .enumerate()
+            .map(|(n, &i)| {
+                if seqs[i].dpending.is_empty() {
+                    0
+                } else {
+                    ks[n]
+                }
+            })
+            .collect();
+        if need.iter().any(|&c| c > 0) {
+            let first: Vec<Vec<u32>> = live.iter().map(|&i| seqs[i].dpending.clone()).collect();
+            let made = {
+                let mut ds: Vec<DraftSeq<'_>> = live_iter_mut(&mut seqs, &live)
+                    .map(|(_, s)| DraftSeq {
+                        cache: &mut s.dcache,
+                        sampler: &mut s.sampler,
+                    })
+                    .collect();
+                draft::draft_batch(draft, &mut ds, &first, &need)?
+            };
+            for (n, d) in made.into_iter().enumerate() {
+                if need[n] > 0 {
+                    drafts[n] = d;
+                    seqs[live[n]].dpending.clear();
+                }
+            }
+        }
+        spec.draft_seconds += td.elapsed().as_secs_f64();
+
+        // Verification: one target step over [last, d1..dk] of every live sequence; with
+        // overlap, the draft meanwhile feeds d_k and drafts the next step's block for each
+        // sequence, as if all of d1..dk are accepted.
+        let tv = Instant::now();
+        let blocks: Vec<Vec<u32>> = live
+            .iter()
+            .enumerate()
+            .map(|(n, &i)| {
+                std::iter::once(seqs[i].last)
+                    .chain(drafts[n].tokens.iter().copied())
+                    .collect()
+            })
+            .collect();
+        let starts: Vec<usize> = live.iter().map(|&i| seqs[i].tcache.len()).collect();
+        let k_ahead = match opts.draft_len {
+            DraftLen::Fixed(k) => k,
+            DraftLen::Auto { max, .. } => (k + 2).min(max),
+        };
+        // Offered token + next block: next_k + 1 draws, after committing d1..dk and e.
+        let ahead_counts: Vec<usize> = live
+            .iter()
+            .enumerate()
+            .map(|(n, &i)| {
+                let kd = drafts[n].tokens.len();
+                let nk = seqs[i].next_k(&reqs[i], k_ahead, ctx, kd + 1);
+                if opts.overlap && kd > 0 && nk > 0 {
+                    nk + 1
+                } else {
+                    0
+                }
+            })
+            .collect();
+        let ahead_first: Vec<Vec<u32>> = drafts
+            .iter()
+            .map(|d| d.tokens.last().map(|&t| vec![t]).unwrap_or_default())
+            .collect();
+        let dlens: Vec<usize> = live.iter().map(|&i| seqs[i].dcache.len()).collect();
+        let (out, made) = {
+            let mut tsteps: Vec<SeqStep<'_>> = Vec::new();
+            let mut ds: Vec<DraftSeq<'_>> = Vec::new();
+            for ((_, s), b) in live_iter_mut(&mut seqs, &live).zip(&blocks) {
+                tsteps.push(SeqStep {
+                    tokens: b,
+                    cache: &mut s.tcache,
+                    logits: LogitRows::All,
+                });
+                ds.push(DraftSeq {
+                    cache: &mut s.dcache,
+                    sampler: &mut s.sampler,
+                });
+            }
+            let mut run_t = || target.forward(&mut tsteps, false);
+            if ahead_counts.iter().any(|&c| c > 0) {
+                let run_d = || draft::draft_batch(draft, &mut ds, &ahead_first, &ahead_counts);
+                let (t, d) = rayon::join(run_t, run_d);
+                (t?, d?)
+            } else {
+                (run_t()?, Vec::new())
+            }
+        };
+        stats.decode_weight_bytes += out.weight_bytes;
+        spec.verify_seconds += tv.elapsed().as_secs_f64();
+        spec.target_steps += 1;
+        k_sum += k;
+
+        let vocab = target.cfg.vocab_size;
+        let mut all_accepted = true;
+        for (n, &i) in live.iter().enumerate() {
+            let s = &mut seqs[i];
+            let d = &drafts[n];
+            let kd = d.tokens.len();
+            let ahead = made.get(n).filter(|_| ahead_counts[n] > 0);
+            let offered = ahead.map(|a| {
+                let q: &[f32] = a.qs.first().map(|q| q.as_slice()).unwrap_or(&[]);
+                (a.tokens[0], q)
+            });
+            let (accepted, next) = accept::accept(
+                &mut s.sampler,
+                &d.tokens,
+                &d.qs,
+                offered,
+                &out.logits[n],
+                vocab,
+            );
+            all_accepted &= accepted == kd;
+            spec.proposed += kd;
+            spec.accepted += accepted;
+            spec.seq_steps += 1;
+            // Roll back: keep [last, d1..d_accepted] in the target cache.
+            s.tcache.truncate(starts[n] + 1 + accepted);
+            let mut committed: Vec<u32> = d.tokens[..accepted].to_vec();
+            match next {
+                Next::Offered => {
+                    // The draft cache holds [.., d1..dk, e, next block but its last draw].
+                    let a = ahead.expect("offered implies drafted ahead");
+                    let e = a.tokens[0];
+                    committed.push(e);
+                    s.last = e;
+                    s.ahead = Some(Ahead {
+                        drafted: Drafted {
+                            tokens: a.tokens[1..].to_vec(),
+                            qs: a.qs.get(1..).map(|q| q.to_vec()).unwrap_or_default(),
+                        },
+                    });
+                }
+                Next::Extra(extra) => {
+                    // Undo the drafting ahead; the draft cache then holds
+                    // [dpending.., d1..d_{kd-1}]: keep up to d_accepted.
+                    s.dcache.truncate(dlens[n]);
+                    let in_draft = kd.saturating_sub(1);
+                    let keep_drafts = accepted.min(in_draft);
+                    if kd > 0 {
+                        s.dcache.truncate(dlens[n] - in_draft + keep_drafts);
+                    }
+                    committed.push(extra);
+                    // Tokens the draft has not read: accepted drafts it did not read, then
+                    // `extra`.
+                    let mut pend: Vec<u32> = std::mem::take(&mut s.dpending);
+                    pend.extend_from_slice(&d.tokens[keep_drafts..accepted]);
+                    pend.push(extra);
+                    s.dpending = pend;
+                    s.last = extra;
+                }
+            }
+            let cl = s.tcache.len();
+            stats.decode_tokens += accept::commit(
+                &mut s.out,
+                &mut s.done,
+                &reqs[i],
+                &committed,
+                cl,
+                ctx,
+                |t| on_token(i, t),
+            );
+        }
+        if let DraftLen::Auto { max, .. } = opts.draft_len {
+            k = if all_accepted {
+                (k + 2).min(max)
+            } else {
+                k.saturating_sub(1).max(1)
+            };
+        }
+    }
+    stats.decode_seconds = t1.elapsed().as_secs_f64();
+    stats.decode_steps = spec.target_steps;
+    stats.generated_tokens = seqs.iter().map(|s| s.out.len()).sum();
+    spec.draft_len = k;
+    spec.mean_draft_len = if spec.target_steps > 0 {
+        k_sum as f64 / spec.target_steps as f64
+    } else {
+        k as f64
+    };
+    let outputs = seqs
+        .into_iter()
+        .map(|s| GenOutput {
+            output_ids: s.out,
+            finish: s.done.unwrap_or(FinishReason::Length),
+        })
+        .collect();
+    Ok((outputs, stats, spec))
+}
+
+/// Iterates `(position in live, &mut Seq)` over the live sequences in order.
+fn live_iter_mut<'a>(
+    seqs: &'a mut [Seq],
+    live: &'a [usize],
+) -> impl Iterator<Item = (usize, &'a mut Seq)> + 'a {
+    let mut it = live.iter().enumerate().peekable();
+    seqs.iter_mut()
+        .enumerate()
+        .filter_map(move |(i, s)| match it.peek() {
+            Some(&(n, &li)) if li == i => {
+                it.next();
+                Some((n, s))
+            }
+            _ => None,
+        })
+}
