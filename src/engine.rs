@@ -219,12 +219,27 @@ fn accept(
     let tok = r.sampler.sample(logits);
     r.out.push(tok);
     emit(tok);
-    if req.stop_ids.contains(&tok) {
-        r.done = Some(FinishReason::Eos);
-    } else if r.out.len() >= req.max_new_tokens {
-        r.done = Some(FinishReason::Length);
-    } else if r.cache.len() + 1 > ctx {
-        r.done = Some(FinishReason::Context);
-    }
+    r.done = finish_after(req, tok, r.out.len(), r.cache.len(), ctx);
     tok
+}
+
+/// Whether a sequence is done once `tok` is committed as its `out_len`-th output token:
+/// a stop id, the token budget, or no room for another position in the context (`cache_len`:
+/// its KV cache length, which does not hold `tok` yet).
+pub(crate) fn finish_after(
+    req: &GenRequest,
+    tok: u32,
+    out_len: usize,
+    cache_len: usize,
+    ctx: usize,
+) -> Option<FinishReason> {
+    if req.stop_ids.contains(&tok) {
+        Some(FinishReason::Eos)
+    } else if out_len >= req.max_new_tokens {
+        Some(FinishReason::Length)
+    } else if cache_len + 1 > ctx {
+        Some(FinishReason::Context)
+    } else {
+        None
+    }
 }

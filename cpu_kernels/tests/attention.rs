@@ -55,7 +55,8 @@ fn make(c: &Case, seed: u64) -> Data {
     }
 }
 
-fn run(isa: Isa, c: &Case, d: &Data) -> Vec<f32> {
+/// Output `[n, heads, d]` of `kernel` on the task of `c` over `d`.
+fn call(c: &Case, d: &Data, kernel: impl FnOnce(&mut AttnTask<'_>)) -> Vec<f32> {
     let mut out = vec![f32::NAN; d.q.len()];
     let mut t = AttnTask {
         q: &d.q,
@@ -77,34 +78,16 @@ fn run(isa: Isa, c: &Case, d: &Data) -> Vec<f32> {
         },
         out: &mut out,
     };
-    attention_verify_with(isa, &mut t);
+    kernel(&mut t);
     out
 }
 
+fn run(isa: Isa, c: &Case, d: &Data) -> Vec<f32> {
+    call(c, d, |t| attention_verify_with(isa, t))
+}
+
 fn reference(c: &Case, d: &Data) -> Vec<f32> {
-    let mut out = vec![f32::NAN; d.q.len()];
-    let mut t = AttnTask {
-        q: &d.q,
-        k: KvView {
-            dtype: c.dtype,
-            data: &d.k,
-            layout: d.layout,
-        },
-        v: KvView {
-            dtype: c.dtype,
-            data: &d.v,
-            layout: d.layout,
-        },
-        shape: AttnShape {
-            n_queries: c.n,
-            n_heads: c.heads,
-            kv_len: c.kv_len,
-            scale: 1.0 / (c.d as f32).sqrt(),
-        },
-        out: &mut out,
-    };
-    attention_scalar(&mut t);
-    out
+    call(c, d, attention_scalar)
 }
 
 fn check(c: &Case, seed: u64) {

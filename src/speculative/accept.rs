@@ -1,7 +1,7 @@
 //! Acceptance of draft tokens against the target's verification logits (Leviathan et al.
 //! 2023, arXiv 2211.17192, Algorithm 1), and committing tokens to a sequence's output.
 
-use crate::engine::{FinishReason, GenRequest};
+use crate::engine::{finish_after, FinishReason, GenRequest};
 use crate::sampling::Sampler;
 use specmoe_cpu_kernels::select::argmax;
 
@@ -103,13 +103,7 @@ pub(super) fn commit(
         out.push(t);
         emit(t);
         n += 1;
-        if req.stop_ids.contains(&t) {
-            *done = Some(FinishReason::Eos);
-        } else if out.len() >= req.max_new_tokens {
-            *done = Some(FinishReason::Length);
-        } else if cache_len + 1 > ctx {
-            *done = Some(FinishReason::Context);
-        }
+        *done = finish_after(req, t, out.len(), cache_len, ctx);
     }
     n
 }

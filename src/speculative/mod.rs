@@ -133,13 +133,6 @@ pub struct SpecOptions {
     pub overlap: bool,
 }
 
-/// Draft tokens drafted during the previous verification, ready for this step.
-struct Ahead {
-    /// The draft tokens after the accepted offered token; the draft cache has read all but
-    /// the last.
-    drafted: Drafted,
-}
-
 struct Seq {
     tcache: KvCache,
     dcache: KvCache,
@@ -149,8 +142,9 @@ struct Seq {
     last: u32,
     /// Committed tokens not yet in the draft cache (0 to 2).
     dpending: Vec<u32>,
-    /// Drafts made while the previous step was verified, if they could be used.
-    ahead: Option<Ahead>,
+    /// Draft tokens drafted during the previous verification (after its accepted offered
+    /// token), if they could be used; the draft cache has read all but the last.
+    ahead: Option<Drafted>,
     done: Option<FinishReason>,
 }
 
@@ -292,8 +286,7 @@ pub fn generate_speculative_with(
         let mut drafts: Vec<Drafted> = vec![Drafted::default(); live.len()];
         for (n, &i) in live.iter().enumerate() {
             let s = &mut seqs[i];
-            if let Some(a) = s.ahead.take() {
-                let mut d = a.drafted;
+            if let Some(mut d) = s.ahead.take() {
                 // The draft cache holds all but the last draft; keep `ks[n] − 1` of them.
                 let fed = d.tokens.len() - 1;
                 let keep = ks[n].saturating_sub(1).min(fed);
@@ -373,7 +366,7 @@ pub fn generate_speculative_with(
             .map(|d| d.tokens.last().map(|&t| vec![t]).unwrap_or_default())
             .collect();
         let dlens: Vec<usize> = live.iter().map(|&i| seqs[i].dcache.len()).collect();
-        let (out, made) = {
+        let (out, mut made) = {
             let mut tsteps: Vec<SeqStep<'_>> = Vec::new();
             let mut ds: Vec<DraftSeq<'_>> = Vec::new();
             for ((_, s), b) in live_iter_mut(&mut seqs, &live).zip(&blocks) {
@@ -407,8 +400,12 @@ pub fn generate_speculative_with(
             let s = &mut seqs[i];
             let d = &drafts[n];
             let kd = d.tokens.len();
-            let ahead = made.get(n).filter(|_| ahead_counts[n] > 0);
-            let offered = ahead.map(|a| {
+            let ahead = if ahead_counts[n] > 0 {
+                made.get_mut(n).map(std::mem::take)
+            } else {
+                None
+            };
+            let offered = ahead.as_ref().map(|a| {
                 let q: &[f32] = a.qs.first().map(|q| q.as_slice()).unwrap_or(&[]);
                 (a.tokens[0], q)
             });
@@ -430,26 +427,21 @@ pub fn generate_speculative_with(
             match next {
                 Next::Offered => {
                     // The draft cache holds [.., d1..dk, e, next block but its last draw].
-                    let a = ahead.expect("offered implies drafted ahead");
-                    let e = a.tokens[0];
+                    let mut a = ahead.expect("offered implies drafted ahead");
+                    let e = a.tokens.remove(0);
+                    if !a.qs.is_empty() {
+                        a.qs.remove(0);
+                    }
                     committed.push(e);
                     s.last = e;
-                    s.ahead = Some(Ahead {
-                        drafted: Drafted {
-                            tokens: a.tokens[1..].to_vec(),
-                            qs: a.qs.get(1..).map(|q| q.to_vec()).unwrap_or_default(),
-                        },
-                    });
+                    s.ahead = Some(a);
                 }
                 Next::Extra(extra) => {
-                    // Undo the drafting ahead; the draft cache then holds
-                    // [dpending.., d1..d_{kd-1}]: keep up to d_accepted.
-                    s.dcache.truncate(dlens[n]);
+                    // Before the drafting ahead the draft cache held
+                    // [dpending.., d1..d_{kd-1}]: undo that and keep up to d_accepted.
                     let in_draft = kd.saturating_sub(1);
                     let keep_drafts = accepted.min(in_draft);
-                    if kd > 0 {
-                        s.dcache.truncate(dlens[n] - in_draft + keep_drafts);
-                    }
+                    s.dcache.truncate(dlens[n] - in_draft + keep_drafts);
                     committed.push(extra);
                     // Tokens the draft has not read: accepted drafts it did not read, then
                     // `extra`.
