@@ -125,6 +125,26 @@ struct Running {
 pub fn generate(
     model: &Model,
     reqs: &[GenRequest],
+    on_token: impl FnMut(usize, u32) + Send,
+) -> Result<(Vec<GenOutput>, GenStats)> {
+    on_worker(|| generate_on_worker(model, reqs, on_token))
+}
+
+/// Runs `f` on a worker thread of the current rayon pool (the global pool when called from
+/// outside any), directly if the caller already is one. The forward step makes dozens of
+/// parallel calls; made from outside the pool each is injected into it and waited for on a
+/// futex (tens of µs), made on a worker it is pushed onto the worker's own deque.
+pub(crate) fn on_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        rayon::scope(|_| f())
+    }
+}
+
+fn generate_on_worker(
+    model: &Model,
+    reqs: &[GenRequest],
     mut on_token: impl FnMut(usize, u32),
 ) -> Result<(Vec<GenOutput>, GenStats)> {
     let ctx = model.context_len();

@@ -171,9 +171,9 @@ fn mixed_batch_finishes_independently() {
             draft_len: DraftLen::Fixed(5),
             overlap,
         };
-        let emitted = std::cell::RefCell::new(vec![Vec::new(); reqs.len()]);
+        let emitted = std::sync::Mutex::new(vec![Vec::new(); reqs.len()]);
         let (spec, _, _) = generate_speculative_with(&target, &draft, &reqs, opts, |i, t| {
-            emitted.borrow_mut()[i].push(t)
+            emitted.lock().unwrap()[i].push(t)
         })
         .unwrap();
         for (i, rq) in reqs.iter().enumerate() {
@@ -187,7 +187,7 @@ fn mixed_batch_finishes_independently() {
                 "sequence {i} finish reason"
             );
             assert_eq!(
-                emitted.borrow()[i],
+                emitted.lock().unwrap()[i],
                 spec[i].output_ids,
                 "sequence {i} streamed tokens"
             );

@@ -54,9 +54,53 @@ pub fn load_f32(data: &[u8], dtype: DType, i: usize) -> f32 {
 }
 
 /// Converts `out.len()` elements starting at element `start` of `data` to f32.
+///
+/// Panics if the elements run past the end of `data`.
 pub fn to_f32_slice(data: &[u8], dtype: DType, start: usize, out: &mut [f32]) {
-    for (j, o) in out.iter_mut().enumerate() {
-        *o = load_f32(data, dtype, start + j);
+    let es = dtype.size();
+    let src = &data[start * es..(start + out.len()) * es];
+    match dtype {
+        DType::F32 => {
+            for (o, b) in out.iter_mut().zip(src.chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        DType::F16 => {
+            for (o, b) in out.iter_mut().zip(src.chunks_exact(2)) {
+                *o = f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+            }
+        }
+        DType::BF16 => {
+            for (o, b) in out.iter_mut().zip(src.chunks_exact(2)) {
+                *o = bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+            }
+        }
+    }
+}
+
+/// Rounds `src` to `dtype` and writes it at elements `start..start + src.len()` of `data`
+/// (little-endian; round to nearest even, as [`store_f32`]).
+///
+/// Panics if the elements run past the end of `data`.
+pub fn store_f32_slice(data: &mut [u8], dtype: DType, start: usize, src: &[f32]) {
+    let es = dtype.size();
+    let dst = &mut data[start * es..(start + src.len()) * es];
+    match dtype {
+        DType::F32 => {
+            for (b, v) in dst.chunks_exact_mut(4).zip(src) {
+                b.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        DType::F16 => {
+            for (b, v) in dst.chunks_exact_mut(2).zip(src) {
+                b.copy_from_slice(&f16::from_f32(*v).to_le_bytes());
+            }
+        }
+        DType::BF16 => {
+            for (b, v) in dst.chunks_exact_mut(2).zip(src) {
+                b.copy_from_slice(&bf16::from_f32(*v).to_le_bytes());
+            }
+        }
     }
 }
 

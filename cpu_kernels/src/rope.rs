@@ -36,22 +36,81 @@ pub fn rope_inplace_with(
     inv_freq: &[f32],
     attention_scaling: f32,
 ) {
-    let half = inv_freq.len();
-    let d = 2 * half;
     assert_eq!(
         x.len(),
-        positions.len() * heads * d,
+        positions.len() * heads * 2 * inv_freq.len(),
         "rope: x must be [n, heads, d]"
     );
-    let isa = usable(isa);
-    let mut cos = vec![0.0f32; half];
-    let mut sin = vec![0.0f32; half];
-    for (i, &pos) in positions.iter().enumerate() {
-        for j in 0..half {
-            let theta = pos as f32 * inv_freq[j];
-            cos[j] = theta.cos() * attention_scaling;
-            sin[j] = theta.sin() * attention_scaling;
+    let table = RopeTable::new(positions, inv_freq, attention_scaling);
+    rope_apply_with(isa, x, heads, &table)
+}
+
+/// cos and sin of every (position, frequency) pair of a forward step, computed once and
+/// shared by the q and k rotations of every layer.
+///
+/// `cos` and `sin` are f32 `[positions, d/2]` row-major, already multiplied by
+/// `attention_scaling`; angles are `pos as f32 * inv_freq[j]` in f32, as transformers.
+#[derive(Clone, Debug, Default)]
+pub struct RopeTable {
+    half: usize,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl RopeTable {
+    /// The table of `positions` for `inv_freq` (`d/2` entries, after any `rope_scaling`).
+    pub fn new(positions: &[usize], inv_freq: &[f32], attention_scaling: f32) -> Self {
+        let half = inv_freq.len();
+        let mut cos = Vec::with_capacity(positions.len() * half);
+        let mut sin = Vec::with_capacity(positions.len() * half);
+        for &pos in positions {
+            for &f in inv_freq {
+                let theta = pos as f32 * f;
+                cos.push(theta.cos() * attention_scaling);
+                sin.push(theta.sin() * attention_scaling);
+            }
         }
+        RopeTable { half, cos, sin }
+    }
+
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.cos.len().checked_div(self.half).unwrap_or(0)
+    }
+
+    /// Whether no position is held.
+    pub fn is_empty(&self) -> bool {
+        self.cos.is_empty()
+    }
+}
+
+/// Rotates `x` `[n, heads, d]` in place, token `i` by row `row0 + i` of `table`, on the
+/// active path.
+///
+/// Panics if `x` is not `[n, heads, 2 · table half]` or the table has fewer than
+/// `row0 + n` rows.
+pub fn rope_apply(x: &mut [f32], heads: usize, table: &RopeTable, row0: usize) {
+    rope_apply_rows(active(), x, heads, table, row0)
+}
+
+/// [`rope_apply`] on an explicit path, from table row 0.
+pub fn rope_apply_with(isa: Isa, x: &mut [f32], heads: usize, table: &RopeTable) {
+    rope_apply_rows(isa, x, heads, table, 0)
+}
+
+fn rope_apply_rows(isa: Isa, x: &mut [f32], heads: usize, table: &RopeTable, row0: usize) {
+    let half = table.half;
+    let d = 2 * half;
+    if d == 0 || heads == 0 {
+        return;
+    }
+    assert_eq!(x.len() % (heads * d), 0, "rope: x must be [n, heads, d]");
+    let n = x.len() / (heads * d);
+    assert!(row0 + n <= table.len(), "rope: table has too few positions");
+    let isa = usable(isa);
+    for i in 0..n {
+        let cos = &table.cos[(row0 + i) * half..(row0 + i + 1) * half];
+        let sin = &table.sin[(row0 + i) * half..(row0 + i + 1) * half];
         for h in 0..heads {
             let v = &mut x[(i * heads + h) * d..(i * heads + h + 1) * d];
             if isa == Isa::Scalar {

@@ -9,7 +9,9 @@
 mod common;
 use common::*;
 use specmoe_cpu_kernels::dtype::load_f32;
-use specmoe_cpu_kernels::matmul::{matmul, matmul_reference, matmul_with, WeightMatrix};
+use specmoe_cpu_kernels::matmul::{
+    matmul, matmul_many, matmul_many_with, matmul_reference, matmul_with, MatmulJob, WeightMatrix,
+};
 use specmoe_cpu_kernels::{DType, Isa};
 
 fn check(
@@ -229,4 +231,76 @@ fn batch_invariance_bitwise_every_path_dtype_and_token_count() {
             }
         }
     }
+}
+
+#[test]
+fn matmul_many_is_bitwise_matmul_per_job_on_every_path() {
+    let mut r = rng(77);
+    let cols = 70;
+    // Mixed dtypes (two packings of x), a matrix with no rows, and one large enough for the
+    // parallel loop (≥ 256 KiB of weights in all).
+    let specs = [
+        (DType::BF16, 37usize),
+        (DType::F32, 5),
+        (DType::F16, 300),
+        (DType::BF16, 0),
+        (DType::BF16, 2100),
+    ];
+    let bufs: Vec<Vec<u8>> = specs
+        .iter()
+        .map(|&(dt, rows)| rand_stored(&mut r, dt, rows * cols, 0))
+        .collect();
+    let ws: Vec<WeightMatrix<'_>> = specs
+        .iter()
+        .zip(&bufs)
+        .map(|(&(dt, rows), b)| WeightMatrix::new(dt, rows, cols, b))
+        .collect();
+    for isa in paths() {
+        for tokens in [1usize, 3, 8] {
+            let x = rand_f32(&mut r, tokens * cols, 1.0);
+            let mut outs: Vec<Vec<f32>> =
+                ws.iter().map(|w| vec![f32::NAN; tokens * w.rows]).collect();
+            {
+                let mut jobs: Vec<MatmulJob<'_, '_>> = ws
+                    .iter()
+                    .zip(outs.iter_mut())
+                    .map(|(w, out)| MatmulJob { w: *w, out })
+                    .collect();
+                matmul_many_with(isa, &x, tokens, &mut jobs);
+            }
+            for (w, got) in ws.iter().zip(&outs) {
+                let mut want = vec![0.0f32; tokens * w.rows];
+                matmul_with(isa, &x, tokens, w, &mut want);
+                assert!(
+                    got.iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{isa} {} [{}, {cols}] tokens={tokens}: matmul_many differs from matmul",
+                    w.dtype,
+                    w.rows
+                );
+            }
+        }
+    }
+    // The plain entry point on the active path.
+    let x = rand_f32(&mut r, 2 * cols, 1.0);
+    let mut a = vec![0.0f32; 2 * 37];
+    let mut b = vec![0.0f32; 2 * 5];
+    matmul_many(
+        &x,
+        2,
+        &mut [
+            MatmulJob {
+                w: ws[0],
+                out: &mut a,
+            },
+            MatmulJob {
+                w: ws[1],
+                out: &mut b,
+            },
+        ],
+    );
+    let mut want = vec![0.0f32; 2 * 37];
+    matmul(&x, 2, &ws[0], &mut want);
+    assert_eq!(a, want);
 }

@@ -9,10 +9,11 @@
 mod common;
 use common::*;
 use specmoe_cpu_kernels::activation::{silu_mul_inplace, silu_mul_inplace_with};
+use specmoe_cpu_kernels::dtype::{load_f32, store_f32, store_f32_slice, to_f32_slice};
 use specmoe_cpu_kernels::norm::{rms_norm, rms_norm_inplace_with, rms_norm_with};
-use specmoe_cpu_kernels::rope::{rope_inplace, rope_inplace_with};
+use specmoe_cpu_kernels::rope::{rope_apply, rope_inplace, rope_inplace_with, RopeTable};
 use specmoe_cpu_kernels::select::{argmax, softmax_inplace, softmax_inplace_with, top_k};
-use specmoe_cpu_kernels::Isa;
+use specmoe_cpu_kernels::{DType, Isa};
 
 const LENS: [usize; 14] = [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 33, 100, 4096];
 
@@ -129,6 +130,64 @@ fn rope_is_bit_identical_on_every_path() {
         let mut got = x.clone();
         rope_inplace(&mut got, heads, &positions, &inv_freq, 1.0);
         assert_eq!(got, want);
+    }
+}
+
+#[test]
+fn rope_table_rows_rotate_like_their_positions() {
+    let mut r = rng(5);
+    let half = 8;
+    let heads = 2;
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|j| 10000f32.powf(-(j as f32) / half as f32))
+        .collect();
+    let table = RopeTable::new(&[5, 9, 300, 301], &inv_freq, 1.0);
+    assert_eq!(table.len(), 4);
+    let x = rand_f32(&mut r, 2 * heads * 2 * half, 1.0);
+    // Rows 2..4 of the table are positions 300 and 301.
+    let mut got = x.clone();
+    rope_apply(&mut got, heads, &table, 2);
+    let mut want = x.clone();
+    rope_inplace(&mut want, heads, &[300, 301], &inv_freq, 1.0);
+    assert_eq!(got, want);
+    // Against the formula itself (token 1, head 1, frequency 3).
+    let (i, h, j) = (1usize, 1usize, 3usize);
+    let base = (i * heads + h) * 2 * half;
+    let theta = 301f32 * inv_freq[j];
+    let (a, b) = (x[base + j], x[base + j + half]);
+    assert_eq!(got[base + j], a * theta.cos() - b * theta.sin());
+    assert_eq!(got[base + j + half], b * theta.cos() + a * theta.sin());
+}
+
+#[test]
+#[should_panic(expected = "too few positions")]
+fn rope_table_too_short_panics() {
+    let table = RopeTable::new(&[0], &[1.0, 0.5], 1.0);
+    let mut x = vec![0.0f32; 2 * 4];
+    rope_apply(&mut x, 1, &table, 0);
+}
+
+#[test]
+fn dtype_slice_conversions_match_the_element_ones() {
+    let mut r = rng(6);
+    let v = rand_f32(&mut r, 37, 3.0);
+    for dt in [DType::F32, DType::F16, DType::BF16] {
+        let mut a = vec![0u8; (v.len() + 3) * dt.size()];
+        let mut b = a.clone();
+        store_f32_slice(&mut a, dt, 3, &v);
+        for (i, &x) in v.iter().enumerate() {
+            store_f32(&mut b, dt, 3 + i, x);
+        }
+        assert_eq!(a, b, "{dt} store");
+        let mut back = vec![0.0f32; v.len()];
+        to_f32_slice(&a, dt, 3, &mut back);
+        for (i, &g) in back.iter().enumerate() {
+            assert_eq!(
+                g.to_bits(),
+                load_f32(&a, dt, 3 + i).to_bits(),
+                "{dt} load {i}"
+            );
+        }
     }
 }
 

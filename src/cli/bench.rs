@@ -53,7 +53,7 @@ pub struct KernelArgs {
     #[arg(long)]
     quick: bool,
     #[command(flatten)]
-    run: RunOpts,
+    pub(super) run: RunOpts,
 }
 
 /// Arguments of `specmoe bench`.
@@ -61,7 +61,7 @@ pub struct KernelArgs {
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct BenchArgs {
     #[command(subcommand)]
-    kind: Option<BenchKind>,
+    pub(super) kind: Option<BenchKind>,
     /// Model directory to benchmark.
     #[arg(long, conflicts_with = "shape", required_unless_present = "shape")]
     model: Option<PathBuf>,
@@ -108,7 +108,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     repeat: usize,
     #[command(flatten)]
-    run: RunOpts,
+    pub(super) run: RunOpts,
 }
 
 /// One benchmark result.
@@ -188,7 +188,6 @@ pub struct SpecRow {
 
 /// Runs `specmoe bench kernels`.
 fn run_kernels(a: KernelArgs) -> Result<()> {
-    a.run.apply()?;
     let report = specmoe::kernel_bench::run(a.run.threads, a.quick);
     match a.format {
         BenchFormat::Json => println!("{}", serde_json::to_string(&report)?),
@@ -202,7 +201,6 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if let Some(BenchKind::Kernels(k)) = a.kind {
         return run_kernels(k);
     }
-    a.run.apply()?;
     if a.batch == 0 || a.prompt_len == 0 || a.gen_len == 0 {
         bail!("--batch, --prompt-len and --gen-len must be at least 1");
     }

@@ -69,7 +69,7 @@ pub struct GenerateArgs {
     #[arg(long, value_enum, default_value_t = DraftOverlap::Auto, requires = "draft")]
     draft_overlap: DraftOverlap,
     #[command(flatten)]
-    run: RunOpts,
+    pub(super) run: RunOpts,
 }
 
 fn validate(a: &GenerateArgs) -> Result<()> {
@@ -120,7 +120,6 @@ fn read_jsonl(path: &PathBuf) -> Result<Vec<String>> {
 pub fn run(a: GenerateArgs) -> Result<()> {
     validate(&a)?;
     let draft_len = DraftLen::parse(&a.draft_len)?;
-    a.run.apply()?;
     let dir = model_dir(&a.model);
     let model = load_model(&dir, &a.run)?;
     let draft = match draft_dir(&a.draft) {

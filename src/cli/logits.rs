@@ -28,12 +28,11 @@ pub struct LogitsArgs {
     #[arg(long)]
     out: PathBuf,
     #[command(flatten)]
-    run: RunOpts,
+    pub(super) run: RunOpts,
 }
 
 /// Runs `specmoe logits`.
 pub fn run(a: LogitsArgs) -> Result<()> {
-    a.run.apply()?;
     check_writable(&a.out)?;
     let dir = model_dir(&a.model);
     let model = load_model(&dir, &a.run)?;

@@ -202,9 +202,21 @@ pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
 /// Parses the command line and runs the subcommand.
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
-    match cli.command {
+    let opts = match &cli.command {
+        Command::Generate(a) => &a.run,
+        Command::Logits(a) => &a.run,
+        Command::Bench(a) => match &a.kind {
+            Some(bench::BenchKind::Kernels(k)) => &k.run,
+            None => &a.run,
+        },
+    };
+    opts.apply()?;
+    // The command runs on a worker of the pool: a parallel call made from outside the pool
+    // is injected into it and waited for on a futex (tens of µs each, dozens per forward
+    // step), one made on a worker is pushed onto its own deque.
+    rayon::scope(|_| match cli.command {
         Command::Generate(a) => generate::run(a),
         Command::Logits(a) => logits::run(a),
         Command::Bench(a) => bench::run(a),
-    }
+    })
 }

@@ -7,9 +7,9 @@ use super::weights::{AttnWeights, Linear};
 use super::{KvCache, Model, SeqStep};
 use crate::config::QkNorm;
 use specmoe_cpu_kernels::attention::{attention_verify_batch, AttnShape, AttnTask};
-use specmoe_cpu_kernels::matmul::matmul;
+use specmoe_cpu_kernels::matmul::{matmul, matmul_many, MatmulJob};
 use specmoe_cpu_kernels::norm::rms_norm_inplace;
-use specmoe_cpu_kernels::rope::rope_inplace;
+use specmoe_cpu_kernels::rope::{rope_apply, RopeTable};
 
 /// `x[tokens, in] · Wᵀ + b` → `[tokens, out]`; adds the weight bytes read to `bytes`.
 pub(crate) fn linear(x: &[f32], tokens: usize, lin: &Linear, bytes: &mut u64) -> Vec<f32> {
@@ -27,9 +27,41 @@ pub(crate) fn linear(x: &[f32], tokens: usize, lin: &Linear, bytes: &mut u64) ->
     out
 }
 
+/// [`linear`] of several projections of the same `x`, as one parallel matmul call.
+pub(crate) fn linears<const N: usize>(
+    x: &[f32],
+    tokens: usize,
+    lins: [&Linear; N],
+    bytes: &mut u64,
+) -> [Vec<f32>; N] {
+    let ws = lins.map(|l| l.weight.matrix());
+    let mut outs = ws.map(|w| vec![0.0f32; tokens * w.rows]);
+    {
+        let mut jobs: Vec<MatmulJob<'_, '_>> = ws
+            .iter()
+            .zip(outs.iter_mut())
+            .map(|(w, out)| MatmulJob { w: *w, out })
+            .collect();
+        matmul_many(x, tokens, &mut jobs);
+    }
+    for ((lin, w), out) in lins.iter().zip(&ws).zip(outs.iter_mut()) {
+        *bytes += w.bytes() as u64;
+        if let Some(b) = &lin.bias {
+            for row in out.chunks_exact_mut(w.rows) {
+                for (o, bb) in row.iter_mut().zip(b) {
+                    *o += bb;
+                }
+            }
+        }
+    }
+    outs
+}
+
 /// Runs attention of `layer` of `model` for the normed hidden states `h` (`[T, hidden]`, the tokens of
-/// all `steps` concatenated); `starts[i]` is sequence i's cache length before this step.
+/// all `steps` concatenated); `starts[i]` is sequence i's cache length before this step and
+/// `rope` holds the cos/sin of the `T` tokens' positions, in the same order.
 /// Appends the step's keys/values to each cache and returns the o-projection `[T, hidden]`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn attention_block(
     model: &Model,
     w: &AttnWeights,
@@ -37,14 +69,13 @@ pub(crate) fn attention_block(
     h: &[f32],
     steps: &mut [SeqStep<'_>],
     starts: &[usize],
+    rope: &RopeTable,
     bytes: &mut u64,
 ) -> Vec<f32> {
-    let (cfg, inv_freq) = (&model.cfg, &model.inv_freq[..]);
+    let cfg = &model.cfg;
     let t_total: usize = steps.iter().map(|s| s.tokens.len()).sum();
     let (nh, nkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-    let mut q = linear(h, t_total, &w.q, bytes);
-    let mut k = linear(h, t_total, &w.k, bytes);
-    let mut v = linear(h, t_total, &w.v, bytes);
+    let [mut q, mut k, mut v] = linears(h, t_total, [&w.q, &w.k, &w.v], bytes);
     if let Some(c) = cfg.clip_qkv {
         for x in q.iter_mut().chain(k.iter_mut()).chain(v.iter_mut()) {
             *x = x.clamp(-c, c);
@@ -59,25 +90,13 @@ pub(crate) fn attention_block(
             }
         }
     }
-    // RoPE and cache append, sequence by sequence.
+    // RoPE (the step's cos/sin table, row `off + i` for token i of a sequence) and cache
+    // append, sequence by sequence.
+    rope_apply(&mut q, nh, rope, 0);
+    rope_apply(&mut k, nkv, rope, 0);
     let mut off = 0;
     for (s, &start) in steps.iter_mut().zip(starts) {
         let n = s.tokens.len();
-        let pos: Vec<usize> = (start..start + n).collect();
-        rope_inplace(
-            &mut q[off * nh * d..(off + n) * nh * d],
-            nh,
-            &pos,
-            inv_freq,
-            1.0,
-        );
-        rope_inplace(
-            &mut k[off * nkv * d..(off + n) * nkv * d],
-            nkv,
-            &pos,
-            inv_freq,
-            1.0,
-        );
         s.cache.write(
             layer,
             start,

@@ -3,7 +3,7 @@
 //! verification attention streams them), stored as f32, f16 or bf16.
 
 use specmoe_cpu_kernels::attention::{KvLayout, KvView};
-use specmoe_cpu_kernels::dtype::store_f32;
+use specmoe_cpu_kernels::dtype::store_f32_slice;
 use specmoe_cpu_kernels::DType;
 
 /// The KV cache of one sequence.
@@ -98,10 +98,8 @@ impl KvCache {
             for h in 0..self.kv_heads {
                 let base = lay.offset(pos + t, h);
                 let src = (t * self.kv_heads + h) * d;
-                for j in 0..d {
-                    store_f32(&mut self.k[layer], self.dtype, base + j, k[src + j]);
-                    store_f32(&mut self.v[layer], self.dtype, base + j, v[src + j]);
-                }
+                store_f32_slice(&mut self.k[layer], self.dtype, base, &k[src..src + d]);
+                store_f32_slice(&mut self.v[layer], self.dtype, base, &v[src..src + d]);
             }
         }
     }

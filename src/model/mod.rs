@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::tensor::TensorStore;
 use specmoe_cpu_kernels::matmul::matmul;
 use specmoe_cpu_kernels::norm::rms_norm_inplace;
+use specmoe_cpu_kernels::rope::RopeTable;
 use specmoe_cpu_kernels::DType;
 use std::path::Path;
 use weights::ModelWeights;
@@ -163,6 +164,12 @@ impl Model {
             let want = s.cache.len() + s.tokens.len();
             s.cache.reserve(want);
         }
+        let positions: Vec<usize> = steps
+            .iter()
+            .zip(&starts)
+            .flat_map(|(s, &st)| st..st + s.tokens.len())
+            .collect();
+        let rope = RopeTable::new(&positions, &self.inv_freq, 1.0);
         let mut out = StepOutput::default();
         let embed = self.weights.embed.matrix();
         let mut x = vec![0.0f32; t_total * hid];
@@ -179,6 +186,7 @@ impl Model {
                 &h,
                 steps,
                 &starts,
+                &rope,
                 &mut out.weight_bytes,
             );
             for (xv, av) in x.iter_mut().zip(&a) {

@@ -8,7 +8,7 @@
 use super::weights::{FfnWeights, MlpWeights, MoeWeights};
 use rayon::prelude::*;
 use specmoe_cpu_kernels::activation::{sigmoid, silu_mul_inplace};
-use specmoe_cpu_kernels::matmul::matmul;
+use specmoe_cpu_kernels::matmul::{matmul, matmul_many, MatmulJob};
 use specmoe_cpu_kernels::select::{softmax_inplace, top_k};
 
 /// Routing of one MoE layer for the tokens of a step: per token, the chosen experts with
@@ -25,8 +25,18 @@ fn mm(x: &[f32], tokens: usize, w: &crate::tensor::Tensor, bytes: &mut u64) -> V
 
 /// `down(silu(gate(x)) · up(x))` for `x` `[tokens, hidden]` → `[tokens, hidden]`.
 pub(crate) fn mlp(x: &[f32], tokens: usize, w: &MlpWeights, bytes: &mut u64) -> Vec<f32> {
-    let mut g = mm(x, tokens, &w.gate, bytes);
-    let u = mm(x, tokens, &w.up, bytes);
+    let (gm, um) = (w.gate.matrix(), w.up.matrix());
+    let mut g = vec![0.0f32; tokens * gm.rows];
+    let mut u = vec![0.0f32; tokens * um.rows];
+    matmul_many(
+        x,
+        tokens,
+        &mut [
+            MatmulJob { w: gm, out: &mut g },
+            MatmulJob { w: um, out: &mut u },
+        ],
+    );
+    *bytes += (gm.bytes() + um.bytes()) as u64;
     silu_mul_inplace(&mut g, &u);
     mm(&g, tokens, &w.down, bytes)
 }

@@ -167,7 +167,7 @@ pub fn generate_speculative(
     draft: &Model,
     reqs: &[GenRequest],
     draft_len: DraftLen,
-    on_token: impl FnMut(usize, u32),
+    on_token: impl FnMut(usize, u32) + Send,
 ) -> Result<(Vec<GenOutput>, GenStats, SpecStats)> {
     let opts = SpecOptions {
         draft_len,
@@ -181,6 +181,16 @@ pub fn generate_speculative(
 ///
 /// Errors: as [`crate::engine::generate`].
 pub fn generate_speculative_with(
+    target: &Model,
+    draft: &Model,
+    reqs: &[GenRequest],
+    opts: SpecOptions,
+    on_token: impl FnMut(usize, u32) + Send,
+) -> Result<(Vec<GenOutput>, GenStats, SpecStats)> {
+    crate::engine::on_worker(|| spec_on_worker(target, draft, reqs, opts, on_token))
+}
+
+fn spec_on_worker(
     target: &Model,
     draft: &Model,
     reqs: &[GenRequest],

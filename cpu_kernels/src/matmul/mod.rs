@@ -108,7 +108,9 @@ impl<'a> WeightMatrix<'a> {
 /// row block of the call's tile plan).
 pub const TASK_ROW_BLOCKS: usize = 8;
 
-/// Below this many weight bytes a call runs on the calling thread only.
+/// Up to this many weight bytes (all matrices of the call together) a call runs on the calling
+/// thread only: an expert's gate and up of the bundled target (2 × 128 KiB), run inside the
+/// parallel loop over experts, stay sequential.
 const SEQUENTIAL_BYTES: usize = 256 * 1024;
 
 /// `out[tokens, w.rows] = x[tokens, w.cols] · wᵀ` on the active path.
@@ -126,78 +128,139 @@ pub fn matmul(x: &[f32], tokens: usize, w: &WeightMatrix<'_>, out: &mut [f32]) {
 ///
 /// Panics if `x.len() != tokens * w.cols` or `out.len() != tokens * w.rows`.
 pub fn matmul_with(isa: Isa, x: &[f32], tokens: usize, w: &WeightMatrix<'_>, out: &mut [f32]) {
-    assert_eq!(x.len(), tokens * w.cols, "matmul: x must be [tokens, in]");
-    assert_eq!(
-        out.len(),
-        tokens * w.rows,
-        "matmul: out must be [tokens, out]"
-    );
-    assert_eq!(
-        w.data.len(),
-        w.rows * w.cols * w.dtype.size(),
-        "matmul: weight data does not match its shape"
-    );
-    if tokens == 0 || w.rows == 0 {
-        return;
+    matmul_many_with(isa, x, tokens, &mut [MatmulJob { w: *w, out }])
+}
+
+/// One weight matrix of a [`matmul_many`] call and its output `[tokens, w.rows]`.
+pub struct MatmulJob<'w, 'o> {
+    /// The weights `[rows, cols]`.
+    pub w: WeightMatrix<'w>,
+    /// f32 `[tokens, w.rows]` row-major, overwritten.
+    pub out: &'o mut [f32],
+}
+
+/// Several matmuls of the same activations, `job.out = x · job.wᵀ` for every job, as one
+/// parallel loop: `x` is packed once per weight dtype and the row tasks of all matrices are
+/// scheduled together (the q/k/v projections, an expert's gate and up), so a step pays one
+/// fork instead of one per matrix. Each output is bitwise what [`matmul`] gives.
+///
+/// Panics if a job's `w.cols * tokens != x.len()` or its `out` is not `[tokens, w.rows]`.
+pub fn matmul_many(x: &[f32], tokens: usize, jobs: &mut [MatmulJob<'_, '_>]) {
+    matmul_many_with(active(), x, tokens, jobs)
+}
+
+/// [`matmul_many`] on an explicit path (the portable path if the CPU lacks it).
+///
+/// Panics as [`matmul_many`].
+pub fn matmul_many_with(isa: Isa, x: &[f32], tokens: usize, jobs: &mut [MatmulJob<'_, '_>]) {
+    for j in jobs.iter() {
+        let w = &j.w;
+        assert_eq!(x.len(), tokens * w.cols, "matmul: x must be [tokens, in]");
+        assert_eq!(
+            j.out.len(),
+            tokens * w.rows,
+            "matmul: out must be [tokens, out]"
+        );
+        assert_eq!(
+            w.data.len(),
+            w.rows * w.cols * w.dtype.size(),
+            "matmul: weight data does not match its shape"
+        );
     }
-    if w.cols == 0 {
-        out.fill(0.0);
+    if tokens == 0 {
         return;
     }
     let isa = usable(isa);
     let l = lanes(isa);
-    let step = if w.dtype == DType::BF16 { 2 * l } else { l };
-    // Packed rows are `kp` f32 apart: `cols` rounded up to a step, plus one cache line so
-    // that the token rows of a tile do not all map to the same L1 set.
-    let kp = w.cols.div_ceil(step) * step + 16;
-    let mut xp = PACK.with(|c| c.take());
-    pack_x(&mut xp, x, tokens, w.cols, kp, step, w.dtype == DType::BF16);
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    let dt = match w.dtype {
-        DType::F32 => DT_F32,
-        DType::F16 => DT_F16,
-        DType::BF16 => DT_BF16,
-    };
     let tiles = plan(isa, tokens);
-    let run = |r0: usize, r1: usize| {
+    // One packed copy of `x` per weight dtype present (f32 and f16 share the plain layout).
+    let mut packs: Vec<(bool, usize, Vec<Line>)> = Vec::new();
+    let mut tasks: Vec<(usize, usize, usize, usize)> = Vec::new(); // (job, pack, r0, r1)
+    let threads = rayon::current_num_threads();
+    let total_bytes: usize = jobs.iter().map(|j| j.w.bytes()).sum();
+    let sequential = total_bytes <= SEQUENTIAL_BYTES || threads == 1;
+    for (ji, j) in jobs.iter_mut().enumerate() {
+        let w = j.w;
+        if w.rows == 0 {
+            continue;
+        }
+        if w.cols == 0 {
+            j.out.fill(0.0);
+            continue;
+        }
+        let bf = w.dtype == DType::BF16;
+        let step = if bf { 2 * l } else { l };
+        // Packed rows are `kp` f32 apart: `cols` rounded up to a step, plus one cache line
+        // so that the token rows of a tile do not all map to the same L1 set.
+        let kp = w.cols.div_ceil(step) * step + 16;
+        let pi = match packs.iter().position(|p| p.0 == bf && p.1 == kp) {
+            Some(p) => p,
+            None => {
+                let mut xp = if packs.is_empty() {
+                    PACK.with(|c| c.take())
+                } else {
+                    Vec::new()
+                };
+                pack_x(&mut xp, x, tokens, w.cols, kp, step, bf);
+                packs.push((bf, kp, xp));
+                packs.len() - 1
+            }
+        };
+        if sequential {
+            tasks.push((ji, pi, 0, w.rows));
+            continue;
+        }
+        let rb = tiles.rows;
+        let full = TASK_ROW_BLOCKS * rb;
+        let task_rows = if w.rows >= full * 4 * threads {
+            full
+        } else {
+            (w.rows.div_ceil(4 * threads).div_ceil(rb) * rb).clamp(rb, full)
+        };
+        for r0 in (0..w.rows).step_by(task_rows) {
+            tasks.push((ji, pi, r0, (r0 + task_rows).min(w.rows)));
+        }
+    }
+    let outs: Vec<SendPtr> = jobs
+        .iter_mut()
+        .map(|j| SendPtr(j.out.as_mut_ptr()))
+        .collect();
+    let jobs = &*jobs;
+    let run = |&(ji, pi, r0, r1): &(usize, usize, usize, usize)| {
+        let w = &jobs[ji].w;
+        let (bf, kp, xp) = &packs[pi];
         let a = MmArgs {
-            dt,
+            dt: match w.dtype {
+                DType::F32 => DT_F32,
+                DType::F16 => DT_F16,
+                DType::BF16 => DT_BF16,
+            },
             tiles,
             w: w.data.as_ptr(),
             cols: w.cols,
             x: xp.as_ptr() as *const f32,
-            kp,
+            kp: *kp,
             tokens,
             r0,
             r1,
             n_rows: w.rows,
-            out: out_ptr.get(),
+            out: outs[ji].get(),
         };
-        // SAFETY: `w.data` holds `rows * cols` elements (asserted), `xp` holds
-        // `tokens * kp` f32, and this task writes only `out[t * rows + r]` for
-        // `r0 <= r < r1`, disjoint from every other task's rows; `out` has
-        // `tokens * rows` elements (asserted) and outlives the parallel loop.
+        debug_assert_eq!(*bf, w.dtype == DType::BF16);
+        // SAFETY: each job's `w.data` holds `rows * cols` elements and its `out`
+        // `tokens * rows` (asserted); the pack holds `tokens * kp` f32; this task writes only
+        // `out[t * rows + r]` of its own job for `r0 <= r < r1`, disjoint from every other
+        // task's; the outputs are borrowed mutably for the whole call.
         unsafe { matmul_rows(isa, &a) }
     };
-    let threads = rayon::current_num_threads();
-    if w.bytes() < SEQUENTIAL_BYTES || threads == 1 {
-        run(0, w.rows);
-        PACK.with(|c| c.set(xp));
-        return;
-    }
-    let rb = tiles.rows;
-    let full = TASK_ROW_BLOCKS * rb;
-    let task_rows = if w.rows >= full * 4 * threads {
-        full
+    if sequential || tasks.len() <= 1 {
+        tasks.iter().for_each(run);
     } else {
-        (w.rows.div_ceil(4 * threads).div_ceil(rb) * rb).clamp(rb, full)
-    };
-    let n_tasks = w.rows.div_ceil(task_rows);
-    (0..n_tasks).into_par_iter().for_each(|b| {
-        let r0 = b * task_rows;
-        run(r0, (r0 + task_rows).min(w.rows));
-    });
-    PACK.with(|c| c.set(xp));
+        tasks.par_iter().for_each(run);
+    }
+    if let Some((_, _, xp)) = packs.into_iter().next() {
+        PACK.with(|c| c.set(xp));
+    }
 }
 
 thread_local! {
