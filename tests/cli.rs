@@ -347,3 +347,64 @@ fn bench_refuses_zero_rounds() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--repeat"), "{err}");
 }
+
+#[test]
+fn draft_vocab_flag_restricts_the_bundled_draft_head() {
+    // The bundled draft ships token_counts.json: `auto` uses its 1024 most frequent tokens,
+    // `all` the whole head; the output is the target's either way.
+    let model = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models");
+    let run = |vocab: &str| {
+        let (out, _) = specmoe(&[
+            "bench",
+            "--model",
+            model.join("tiny-mixtral").to_str().unwrap(),
+            "--draft",
+            model.join("tiny-draft").to_str().unwrap(),
+            "--draft-vocab",
+            vocab,
+            "--draft-len",
+            "2",
+            "--repeat",
+            "1",
+            "--prompt-len",
+            "6",
+            "--gen-len",
+            "12",
+            "--format",
+            "json",
+        ]);
+        serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()
+    };
+    let auto = run("auto");
+    assert_eq!(auto["draft_vocab"].as_u64(), Some(1024));
+    assert_eq!(
+        auto["speculative"][0]["identical_output"].as_bool(),
+        Some(true)
+    );
+    let all = run("all");
+    assert!(all.get("draft_vocab").is_none(), "{all}");
+    // A number without token_counts.json beside the draft, and a bad value, are errors.
+    for (draft, vocab, want) in [
+        (fixture("llama"), "16", "token_counts.json"),
+        (model.join("tiny-draft"), "zero", "--draft-vocab"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_specmoe"))
+            .args([
+                "generate",
+                "--model",
+                fixture("mixtral").to_str().unwrap(),
+                "--draft",
+                draft.to_str().unwrap(),
+                "--draft-vocab",
+                vocab,
+                "--token-ids",
+                "1,2,3",
+                "--max-new-tokens",
+                "2",
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want), "{err}");
+    }
+}

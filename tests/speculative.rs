@@ -8,6 +8,7 @@ use common::{fixture, max_abs_diff, reference};
 use specmoe::engine::{generate, GenRequest};
 use specmoe::model::{LogitRows, Model, SeqStep};
 use specmoe::sampling::SamplingParams;
+use specmoe::speculative::vocab::{self, DraftVocab};
 use specmoe::speculative::{
     generate_speculative, generate_speculative_with, DraftLen, SpecOptions,
 };
@@ -349,7 +350,7 @@ fn sample_positions(
 }
 
 /// z for an upper tail of 1e-4: each position's test fails falsely with probability ≤ 1e-4,
-/// so this test (3 + 4 positions) has a false-failure rate ≤ 7e-4.
+/// so this test (3 + 4 + 3 positions) has a false-failure rate ≤ 1e-3.
 const Z_1E4: f64 = 3.719;
 
 #[test]
@@ -370,8 +371,23 @@ fn speculative_sampling_follows_the_target_distribution() {
     // chi2 ≈ 318 against a critical 202), and later positions come from blocks drafted
     // during a verification.
     let close = perturbed("mixtral", 0.5);
-    for (dl, overlap, positions) in [(3, false, 3), (1, true, 4)] {
-        let draft = if overlap { &close } else { &draft };
+    // The same draft with its LM head restricted to two thirds of the vocabulary (FR-Spec,
+    // `--draft-vocab`): tokens outside it have q = 0 and come only from the residual.
+    let mut restricted = perturbed("mixtral", 0.5);
+    let subset: Vec<u32> = (0..restricted.cfg.vocab_size as u32)
+        .filter(|i| i % 3 != 1)
+        .collect();
+    restricted.restrict_head(Some(&subset)).unwrap();
+    for (dl, overlap, positions, sub) in [
+        (3, false, 3, false),
+        (1, true, 4, false),
+        (2, true, 3, true),
+    ] {
+        let draft = match (overlap, sub) {
+            (_, true) => &restricted,
+            (true, false) => &close,
+            (false, false) => &draft,
+        };
         let opts = SpecOptions {
             draft_len: DraftLen::Fixed(dl),
             overlap,
@@ -394,7 +410,7 @@ fn speculative_sampling_follows_the_target_distribution() {
             let (stat, df) = pearson(obs, exp);
             let crit = chi2_critical(df, Z_1E4);
             eprintln!(
-                "{opts:?} position {}: chi2 {stat:.1} on {df} df (critical {crit:.1})",
+                "{opts:?} restricted head {sub}, position {}: chi2 {stat:.1} on {df} df (critical {crit:.1})",
                 j + 1
             );
             assert!(df >= 3.0, "too few bins to test position {}", j + 1);
@@ -448,4 +464,161 @@ fn bundled_pair_is_lossless_and_accepts_most_drafts() {
         "acceptance {}",
         st.acceptance_rate()
     );
+}
+
+#[test]
+fn restricted_draft_head_keeps_greedy_output_identical() {
+    // Fixtures: a head over every third token only (the draft then often cannot propose the
+    // target's token) still gives exactly the target's greedy output, with and without overlap.
+    for (t, d) in [("mixtral", "llama"), ("qwen2_moe", "qwen2")] {
+        let target = load(t);
+        let mut draft = load(d);
+        let subset: Vec<u32> = (0..draft.cfg.vocab_size as u32).step_by(3).collect();
+        draft.restrict_head(Some(&subset)).unwrap();
+        assert_eq!(draft.head_ids().map(<[u32]>::len), Some(subset.len()));
+        let r = reference(t);
+        let req = greedy(&r.input_ids, 24, vec![]);
+        let (plain, _) = generate(&target, std::slice::from_ref(&req), |_, _| {}).unwrap();
+        for overlap in [false, true] {
+            let opts = SpecOptions {
+                draft_len: DraftLen::Fixed(3),
+                overlap,
+            };
+            let (spec, _, _) = generate_speculative_with(
+                &target,
+                &draft,
+                std::slice::from_ref(&req),
+                opts,
+                |_, _| {},
+            )
+            .unwrap();
+            assert_eq!(spec[0].output_ids, plain[0].output_ids, "{t}/{d} {opts:?}");
+        }
+    }
+    // The bundled pair with `--draft-vocab auto` (its 1024 most frequent tokens): identical
+    // output, and on this prompt the same acceptance as with the whole head.
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models");
+    let target = Model::load(&dir.join("tiny-mixtral"), DType::F32).unwrap();
+    let mut draft = Model::load(&dir.join("tiny-draft"), DType::F32).unwrap();
+    let tok = specmoe::tokenizer::Tokenizer::from_dir(&dir.join("tiny-mixtral")).unwrap();
+    let req = greedy(
+        &tok.encode("Lists are mutable sequences").unwrap(),
+        48,
+        vec![],
+    );
+    let run = |draft: &Model| {
+        generate_speculative(
+            &target,
+            draft,
+            std::slice::from_ref(&req),
+            DraftLen::Fixed(3),
+            |_, _| {},
+        )
+        .unwrap()
+    };
+    let (full, _, full_st) = run(&draft);
+    let n = vocab::apply(&mut draft, &dir.join("tiny-draft"), DraftVocab::Auto).unwrap();
+    assert_eq!(n, Some(1024));
+    let (sub, _, sub_st) = run(&draft);
+    assert_eq!(sub[0].output_ids, full[0].output_ids);
+    assert_eq!(sub_st.accepted, full_st.accepted);
+}
+
+#[test]
+fn restricted_head_logits_are_the_full_logits_on_the_subset() {
+    let mut m = load("llama");
+    let ids = [5u32, 0, 77, 300];
+    let run = |m: &Model| {
+        let mut cache = m.new_cache();
+        m.forward(
+            &mut [SeqStep {
+                tokens: &[1, 9, 42],
+                cache: &mut cache,
+                logits: LogitRows::All,
+            }],
+            false,
+        )
+        .unwrap()
+        .logits
+        .remove(0)
+    };
+    let full = run(&m);
+    m.restrict_head(Some(&ids)).unwrap();
+    let sub = run(&m);
+    let v = m.cfg.vocab_size;
+    for row in 0..3 {
+        for tok in 0..v {
+            let (f, s) = (full[row * v + tok], sub[row * v + tok]);
+            if ids.contains(&(tok as u32)) {
+                assert_eq!(f.to_bits(), s.to_bits(), "row {row} token {tok}");
+            } else {
+                assert_eq!(s, f32::NEG_INFINITY, "row {row} token {tok}");
+            }
+        }
+    }
+    m.restrict_head(None).unwrap();
+    assert_eq!(run(&m), full);
+}
+
+#[test]
+fn bad_draft_vocab_requests_are_clear_errors() {
+    let mut m = load("llama");
+    let v = m.cfg.vocab_size as u32;
+    for (ids, want) in [
+        (vec![], "at least one"),
+        (vec![1, v], "outside the vocabulary"),
+        (vec![3, 4, 3], "listed twice"),
+    ] {
+        let e = m.restrict_head(Some(&ids)).unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+    }
+    for (s, ok) in [
+        ("all", true),
+        ("auto", true),
+        ("12", true),
+        ("0", false),
+        ("x", false),
+    ] {
+        assert_eq!(DraftVocab::parse(s).is_ok(), ok, "{s}");
+    }
+    // No token_counts.json beside the fixture: `auto` keeps the whole head, a number is an
+    // error naming the file; a malformed or mismatched file is an error naming it too.
+    let dir = common::copy_fixture("llama");
+    assert_eq!(
+        vocab::apply(&mut m, dir.path(), DraftVocab::Auto).unwrap(),
+        None
+    );
+    let e = vocab::apply(&mut m, dir.path(), DraftVocab::Top(10))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("token_counts.json"), "{e}");
+    let e = vocab::apply(&mut m, dir.path(), DraftVocab::Top(v as usize + 1))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("only"), "{e}");
+    let counts = dir.path().join(vocab::COUNTS_FILE);
+    for (text, want) in [
+        ("{", "not valid JSON"),
+        ("{\"counts\": [1, 2]}", "entries"),
+        ("{\"counts\": [-1]}", "non-negative"),
+        ("{}", "\"counts\""),
+    ] {
+        std::fs::write(&counts, text).unwrap();
+        let e = vocab::apply(&mut m, dir.path(), DraftVocab::Top(2))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("token_counts.json") && e.contains(want), "{e}");
+    }
+    // A valid file: the `n` most frequent ids, ties to the lower id.
+    let mut c = vec![0u64; v as usize];
+    c[7] = 5;
+    c[2] = 5;
+    c[9] = 8;
+    std::fs::write(&counts, serde_json::json!({ "counts": c }).to_string()).unwrap();
+    assert_eq!(
+        vocab::apply(&mut m, dir.path(), DraftVocab::Top(3)).unwrap(),
+        Some(3)
+    );
+    assert_eq!(m.head_ids(), Some(&[9u32, 2, 7][..]));
+    assert_eq!(vocab::most_frequent(&c, 4), vec![9, 2, 7, 0]);
 }

@@ -850,6 +850,29 @@ def evaluate(a, tdir: Path, ddir: Path, test_stream: np.ndarray, tok: Tokenizer)
     return rep
 
 
+def write_token_counts(tok: Tokenizer, train_stream: np.ndarray, out: Path) -> None:
+    """Writes out/token_counts.json: occurrences of every token id in the training split.
+    specmoe ranks the draft's vocabulary by it (`--draft-vocab`, FR-Spec)."""
+    counts = np.bincount(train_stream, minlength=tok.get_vocab_size())
+    obj = {
+        "corpus": "training split of the Python 3.11 documentation (PSF licence, Debian "
+                  "python3.11-doc), tokenized with this directory's tokenizer.json",
+        "counts": [int(c) for c in counts],
+    }
+    (out / "token_counts.json").write_text(json.dumps(obj, separators=(",", ":")) + "\n",
+                                            encoding="utf-8")
+
+
+def counts_only(a) -> None:
+    """Re-write <out-dir>/tiny-draft/token_counts.json from the corpus (no training)."""
+    ddir = a.out_dir / "tiny-draft"
+    docs = extract_corpus(a.doc_root)
+    train_docs, _ = split_docs(docs, a.seed, a.heldout_frac)
+    tok = Tokenizer.from_file(str(ddir / "tokenizer.json"))
+    write_token_counts(tok, encode_docs(tok, [t for _, t in train_docs]), ddir)
+    log(f"wrote {ddir / 'token_counts.json'}")
+
+
 def eval_only(a) -> None:
     """Re-run the evaluation on existing checkpoints and update their train_report.json."""
     tdir, ddir = a.out_dir / "tiny-mixtral", a.out_dir / "tiny-draft"
@@ -935,6 +958,9 @@ def main() -> None:
     ap.add_argument("--eval-only", action="store_true",
                     help="only re-run the evaluation of <out-dir>/tiny-mixtral and tiny-draft "
                          "(updates the evaluation sections of <out-dir>/train_report.json)")
+    ap.add_argument("--counts-only", action="store_true",
+                    help="only re-write <out-dir>/tiny-draft/token_counts.json (the token "
+                         "frequencies that rank the draft's vocabulary)")
     a = ap.parse_args()
 
     if a.threads not in ("1", "2", "auto") and not a.threads.isdigit():
@@ -944,6 +970,9 @@ def main() -> None:
     torch.set_num_threads(2 if a.threads == "auto" else int(a.threads))
     if a.eval_only:
         eval_only(a)
+        return
+    if a.counts_only:
+        counts_only(a)
         return
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(a.seed)
@@ -1044,6 +1073,7 @@ def main() -> None:
     tdir, ddir = a.out_dir / "tiny-mixtral", a.out_dir / "tiny-draft"
     export(target, tok, tdir, a.ctx)
     export(draft, tok, ddir, a.ctx)
+    write_token_counts(tok, train_stream, ddir)
     report["export"] = check_export(tdir, ddir, target)
     report["export"]["target_bytes"] = dir_size(tdir)
     report["export"]["draft_bytes"] = dir_size(ddir)

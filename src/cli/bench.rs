@@ -102,6 +102,10 @@ pub struct BenchArgs {
     /// Draft the next block while the target verifies this one (auto: with ≥ 2 threads).
     #[arg(long, value_enum, default_value_t = DraftOverlap::Auto, requires = "draft")]
     draft_overlap: DraftOverlap,
+    /// Draft LM head: `auto` (the most frequent quarter of the vocabulary when the draft
+    /// has token_counts.json, FR-Spec), `all`, or a number of most frequent tokens.
+    #[arg(long, default_value = "auto", requires = "draft")]
+    draft_vocab: String,
     /// Rounds: each round runs the baseline and then every draft length, side by side; the
     /// report gives each configuration's median round (and each speed-up as the median of
     /// its per-round ratios), so a noisy neighbour spoils one round, not the figure.
@@ -152,6 +156,9 @@ pub struct BenchReport {
     pub rounds: usize,
     /// Raw counters of the median baseline round.
     pub stats: GenStats,
+    /// Token ids the draft's LM head computes (`--draft-vocab`; absent: the whole vocabulary).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub draft_vocab: Option<usize>,
     /// Speculative runs, one per draft length (with `--draft`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub speculative: Vec<SpecRow>,
@@ -274,7 +281,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         bail!("--repeat must be at least 1");
     }
     let draft = match (draft_dir(&a.draft), &a.model) {
-        (Some(ddir), Some(mdir)) => Some(load_draft(&model, mdir, &ddir, &a.run)?),
+        (Some(ddir), Some(mdir)) => Some(load_draft(&model, mdir, &ddir, &a.run, &a.draft_vocab)?),
         _ => None,
     };
     let lens: Vec<(String, DraftLen)> = if draft.is_some() {
@@ -288,6 +295,19 @@ pub fn run(a: BenchArgs) -> Result<()> {
     } else {
         Vec::new()
     };
+    // A warm-up run of each model, not measured: the first run pays the page faults on the
+    // mmapped weights and the pool threads' start (it made the first round's baseline up
+    // to 2× slower).
+    generate(&model, &reqs, |_, _| {})?;
+    let draft_vocab = draft.as_ref().and_then(|d| d.1);
+    let draft = draft.map(|d| d.0);
+    if let (Some(d), Some((_, dl))) = (&draft, lens.first()) {
+        let opts = SpecOptions {
+            draft_len: *dl,
+            overlap: a.draft_overlap.enabled(),
+        };
+        generate_speculative_with(&model, d, &reqs, opts, |_, _| {})?;
+    }
     // Round r: the baseline, then every draft length, back to back.
     let mut base_runs: Vec<GenStats> = Vec::new();
     let mut spec_runs: Vec<Vec<(GenStats, SpecStats, bool)>> = vec![Vec::new(); lens.len()];
@@ -356,6 +376,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         weight_bytes_per_step: stats.decode_weight_bytes as f64 / steps,
         weight_gbps: stats.decode_weight_gbps(),
         stats,
+        draft_vocab,
         speculative,
     };
     match a.format {
@@ -381,8 +402,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
             if !r.speculative.is_empty() {
                 println!();
                 println!(
-                    "speculative decoding, median of {} rounds (speed-up: median of per-round ratios to the baseline)",
-                    r.rounds
+                    "speculative decoding, median of {} rounds (speed-up: median of per-round ratios to the baseline); draft LM head: {}",
+                    r.rounds,
+                    match r.draft_vocab {
+                        Some(n) => format!("{n} most frequent tokens"),
+                        None => "whole vocabulary".into(),
+                    }
                 );
                 println!("| draft len | mean k | acceptance | tokens/step | target steps | overlapped | decode tok/s | speed-up | identical |");
                 println!("|---|---|---|---|---|---|---|---|---|");

@@ -68,6 +68,10 @@ pub struct GenerateArgs {
     /// Draft the next block while the target verifies this one (auto: with ≥ 2 threads).
     #[arg(long, value_enum, default_value_t = DraftOverlap::Auto, requires = "draft")]
     draft_overlap: DraftOverlap,
+    /// Draft LM head: `auto` (the most frequent quarter of the vocabulary when the draft
+    /// has token_counts.json, FR-Spec), `all`, or a number of most frequent tokens.
+    #[arg(long, default_value = "auto", requires = "draft")]
+    draft_vocab: String,
     #[command(flatten)]
     pub(super) run: RunOpts,
 }
@@ -123,7 +127,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let dir = model_dir(&a.model);
     let model = load_model(&dir, &a.run)?;
     let draft = match draft_dir(&a.draft) {
-        Some(d) => Some(load_draft(&model, &dir, &d, &a.run)?),
+        Some(d) => Some(load_draft(&model, &dir, &d, &a.run, &a.draft_vocab)?.0),
         None => None,
     };
     let tok = Tokenizer::from_dir(&dir);

@@ -7,6 +7,7 @@ mod logits;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use specmoe::model::Model;
+use specmoe::speculative::vocab::{self, DraftVocab};
 use specmoe_cpu_kernels::{dispatch, DType};
 use std::path::PathBuf;
 
@@ -147,14 +148,18 @@ pub fn draft_dir(arg: &Option<PathBuf>) -> Option<PathBuf> {
     })
 }
 
-/// Loads a draft model and checks that it shares the target's tokenizer.
+/// Loads a draft model, checks that it shares the target's tokenizer and restricts its LM
+/// head as `--draft-vocab` asks; returns it with the number of token ids its head computes
+/// (`None`: the whole vocabulary).
 pub fn load_draft(
     target: &Model,
     target_dir: &std::path::Path,
     dir: &std::path::Path,
     opts: &RunOpts,
-) -> Result<Model> {
-    let d = load_model(dir, opts).context("--draft")?;
+    vocab: &str,
+) -> Result<(Model, Option<usize>)> {
+    let choice = DraftVocab::parse(vocab)?;
+    let mut d = load_model(dir, opts).context("--draft")?;
     let vocab_of = |p: &std::path::Path| {
         specmoe::tokenizer::Tokenizer::from_dir(p)
             .ok()
@@ -168,7 +173,14 @@ pub fn load_draft(
             dir.display()
         )
     })?;
-    Ok(d)
+    let n = vocab::apply(&mut d, dir, choice).context("--draft-vocab")?;
+    if opts.verbose {
+        match n {
+            Some(n) => eprintln!("draft LM head: the {n} most frequent tokens"),
+            None => eprintln!("draft LM head: the whole vocabulary"),
+        }
+    }
+    Ok((d, n))
 }
 
 /// Loads the model of `dir`, naming the directory in errors.

@@ -7,6 +7,7 @@
 //! and the LM head only on the rows whose logits are asked for.
 
 mod attention;
+pub mod head;
 mod kv_cache;
 mod moe;
 pub mod rope;
@@ -66,6 +67,7 @@ pub struct Model {
     kv_dtype: DType,
     /// Total bytes of the weight tensors.
     pub weight_bytes: usize,
+    head_subset: Option<head::HeadSubset>,
 }
 
 impl Model {
@@ -81,7 +83,25 @@ impl Model {
             inv_freq,
             kv_dtype,
             weight_bytes: store.total_bytes(),
+            head_subset: None,
         })
+    }
+
+    /// Restricts the LM head to the token ids `ids` (a draft model's frequent tokens, see
+    /// [`head::HeadSubset`]); every other logit is then `-inf`. `None` restores the full head.
+    ///
+    /// Errors: `ids` empty, an id outside the vocabulary or listed twice.
+    pub fn restrict_head(&mut self, ids: Option<&[u32]>) -> Result<()> {
+        self.head_subset = match ids {
+            Some(ids) => Some(head::HeadSubset::new(&self.weights.lm_head.matrix(), ids)?),
+            None => None,
+        };
+        Ok(())
+    }
+
+    /// Token ids the LM head computes when it is restricted ([`Model::restrict_head`]).
+    pub fn head_ids(&self) -> Option<&[u32]> {
+        self.head_subset.as_ref().map(|h| h.ids())
     }
 
     /// Loads `dir/config.json` and its safetensors (see [`crate::checkpoint::load_tensors`]).
@@ -223,11 +243,20 @@ impl Model {
         }
         rms_norm_inplace(&mut hsel, &self.weights.norm, cfg.rms_norm_eps);
         let head = self.weights.lm_head.matrix();
-        let mut logits = vec![0.0f32; rows.len() * cfg.vocab_size];
-        if !rows.is_empty() {
-            matmul(&hsel, rows.len(), &head, &mut logits);
-            out.weight_bytes += head.bytes() as u64;
-        }
+        let logits = match &self.head_subset {
+            Some(sub) => {
+                out.weight_bytes += sub.bytes() as u64;
+                sub.logits(&hsel, rows.len(), cfg.vocab_size)
+            }
+            None => {
+                let mut logits = vec![0.0f32; rows.len() * cfg.vocab_size];
+                if !rows.is_empty() {
+                    matmul(&hsel, rows.len(), &head, &mut logits);
+                    out.weight_bytes += head.bytes() as u64;
+                }
+                logits
+            }
+        };
         let mut at = 0;
         for s in steps.iter() {
             let r = match s.logits {

@@ -12,6 +12,7 @@
 
 mod accept;
 mod draft;
+pub mod vocab;
 
 use crate::engine::{check_requests, FinishReason, GenOutput, GenRequest, GenStats};
 use crate::error::{Error, Result};

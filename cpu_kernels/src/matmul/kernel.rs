@@ -9,6 +9,11 @@ pub(super) const MK_REDUCE: u8 = 1;
 /// [`Mk::flags`]: prefetch each row block's successor into L2 while it runs.
 pub(super) const MK_PF: u8 = 2;
 
+/// From this token block on, `x` is read by the FMAs straight from L1 ([`Simd::fma_mem`])
+/// instead of being held in registers: `R · TB` accumulators and one row's converted
+/// weights are all the tile keeps live.
+const X_MEM_TB: usize = 7;
+
 /// Arguments of one microkernel call: `nrb` consecutive row blocks of `R` rows, one token
 /// block of `TB` tokens, one column range.
 pub(crate) struct Mk {
@@ -118,7 +123,10 @@ pub(super) unsafe fn mk_body<S: Simd, const DT: u8, const R: usize, const TB: us
 /// [`super::pack_x`]). With `PF`, prefetches `pf` (same geometry as `w`) into L2.
 ///
 /// Per step each row's weights are converted once and FMA'd against the `TB` tokens'
-/// `x` vectors, which the compiler keeps in registers across the `R` rows.
+/// `x` vectors, which the compiler keeps in registers across the `R` rows — or, from
+/// `TB` = [`X_MEM_TB`] on, which the FMAs read from L1 as memory operands (one pointer per
+/// token, so that the address is not indexed and the FMA stays one fused uop).
+/// Either way each accumulator gets the same FMAs in the same order.
 #[inline(always)]
 unsafe fn microkernel<S: Simd, const DT: u8, const R: usize, const TB: usize, const PF: bool>(
     w: *const u8,
@@ -133,6 +141,46 @@ unsafe fn microkernel<S: Simd, const DT: u8, const R: usize, const TB: usize, co
     let step = if DT == DT_BF16 { 2 * S::L } else { S::L };
     // One prefetch per row per 64 bytes of weights.
     let pf_every = (64 / (step * esz)).max(1);
+    if TB >= X_MEM_TB {
+        // `x` read by the FMAs from L1, one pointer per token advanced per step.
+        let mut xp = [x; TB];
+        for (t, p) in xp.iter_mut().enumerate() {
+            *p = x.add(t * xs);
+        }
+        let mut wp = w;
+        let mut pfp = pf;
+        for s in 0..steps {
+            if PF && s % pf_every == 0 {
+                for r in 0..R {
+                    S::prefetch_l2(pfp.wrapping_add(r * wrs));
+                }
+            }
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let wr = wp.add(r * wrs);
+                if DT == DT_BF16 {
+                    let (we, wo) = S::bf16x2(wr);
+                    for (a, &p) in acc_r.iter_mut().zip(&xp) {
+                        *a = S::fma2_mem(we, wo, p, *a);
+                    }
+                } else {
+                    let wv = if DT == DT_F16 {
+                        S::f16(wr)
+                    } else {
+                        S::load(wr as *const f32)
+                    };
+                    for (a, &p) in acc_r.iter_mut().zip(&xp) {
+                        *a = S::fma_mem(wv, p, *a);
+                    }
+                }
+            }
+            for p in xp.iter_mut() {
+                *p = p.add(step);
+            }
+            wp = wp.add(step * esz);
+            pfp = pfp.wrapping_add(step * esz);
+        }
+        return acc;
+    }
     for s in 0..steps {
         let k = s * step;
         if PF && s % pf_every == 0 {

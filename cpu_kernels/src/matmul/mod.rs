@@ -17,21 +17,24 @@
 //!   f16 uses F16C / `vcvtph2ps` (AVX-512, AVX2) or `FCVTL` (NEON).
 //! - The microkernel (`kernel.rs`) keeps `R × TB` vector accumulators (R weight rows × TB
 //!   tokens) in registers; per step it converts each row's weights once and FMAs them
-//!   against the TB tokens' `x` vectors, which stay in registers across the rows. One call
+//!   against the TB tokens' `x` vectors, which stay in registers across the rows (for
+//!   TB ≥ 7 the FMAs read them from L1 as memory operands instead). One call
 //!   runs a run of row blocks back to back, the ragged column tail (< one step, from a
 //!   zero-padded stack copy) as one more step, and ends with transposing horizontal sums
 //!   (`Simd::hsums`) written straight to `out`, or partial sums stored for the next
 //!   column block. It is compiled as its own target-feature function per (dtype, R, TB).
 //! - The tile plan (`rows.rs`) depends on the path and the token count: AVX-512 and NEON
-//!   run 1–3 tokens on R = 6, 4 tokens on R = 4 and 5–6 tokens on R = 3, each as a single
-//!   token block (weights converted once), and larger batches as blocks of ≤ 3 on R = 6;
-//!   AVX2 and portable: R = 4, TB ≤ 2. The ragged row tail uses R = 1.
+//!   run 1–3 tokens on R = 6, 4 tokens on R = 4 and 5–6 tokens on R = 3, and AVX-512 runs
+//!   7–8 tokens on R = 3 × TB = 8 (`x` read from L1), each as a single token block (weights
+//!   converted once); larger batches run as blocks of ≤ 3 on R = 6; AVX2 and portable:
+//!   R = 4, TB ≤ 2. The ragged row tail uses R = 1.
 //! - With one token block, a task is one microkernel call over all its row blocks, the
 //!   accumulators never leaving registers. With several, all token blocks of a row block
 //!   run back to back over its L1-resident weight slice, so weights come from DRAM once
 //!   per call. While a row block runs, the next one is prefetched into L2. Large batches
-//!   (packed `x` above 256 KiB) switch to column block → row block → token block so that
-//!   `x[tokens, kc]` stays in L2, with vector partial sums in a per-thread scratch.
+//!   (packed `x` above 256 KiB) switch to row panel → column block → row block → token
+//!   block so that `x[tokens, kc]` stays in L2, with the panel's vector partial sums in a
+//!   per-thread scratch that stays in L2 too.
 //! - Batch invariance: every output has one vector accumulator fed the steps in order and
 //!   one fixed horizontal-sum tree, whatever the plan, so `n` tokens give bitwise the
 //!   outputs of `n` one-token calls (what keeps greedy speculative decoding exact).

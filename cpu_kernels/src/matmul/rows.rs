@@ -36,16 +36,30 @@ const fn p(rows: usize, tb: usize) -> Plan {
 ///
 /// 32-register paths (AVX-512, NEON) hold `R·TB` accumulators, `2·TB` activation vectors
 /// and a row's converted weights: 1–3 tokens run as one token block on R = 6 rows, 4 as
-/// one block on R = 4, 5–6 as one block on R = 3 (each weight vector converted once);
-/// from 7 on, blocks of ≤ 3 on R = 6 (measured best on AVX-512: R = 3 × TB = 8 spills,
-/// and two blocks on R = 4 cost more per call for short rows). 16-register paths (AVX2) and the portable one use
-/// R = 4 × TB ≤ 2.
+/// one block on R = 4, 5–6 as one block on R = 3 (each weight vector converted once).
+/// On AVX-512, 7–8 tokens run as one block on R = 3 × TB = 8 whose FMAs read `x` straight
+/// from L1 ([`crate::simd::Simd::fma_mem`]): 24 accumulators and one row's converted
+/// weights are all it keeps live, so it does not spill (holding `x` too did). From 9 tokens
+/// on (from 7 on NEON), blocks of ≤ 3 on R = 6 with `x` in registers: with several token
+/// blocks `x` is streamed from L2 once per row block, and R = 6 halves that traffic
+/// (measured: R = 3 × TB = 8 blocks were 10–20 % slower on matrices up to 4096 × 512 and
+/// faster only on large ones). 16-register paths (AVX2) and the portable one use R = 4 ×
+/// TB ≤ 2.
 ///
 /// The plan never changes results: each output has one vector accumulator fed the steps
 /// in order and one horizontal sum, whatever the tile.
 pub(super) fn plan(isa: Isa, tokens: usize) -> Plan {
     match isa {
-        Isa::Avx512 | Isa::Neon => match tokens {
+        Isa::Avx512 => match tokens {
+            1 => p(6, 1),
+            2 => p(6, 2),
+            3 => p(6, 3),
+            4 => p(4, 4),
+            5 | 6 => p(3, 6),
+            7 | 8 => p(3, 8),
+            _ => p(6, 3),
+        },
+        Isa::Neon => match tokens {
             1 => p(6, 1),
             2 => p(6, 2),
             3 => p(6, 3),
@@ -103,6 +117,7 @@ unsafe fn rows_wide<S: MatmulTiles, const DT: u8>(a: &MmArgs) {
         (6, 3) => rows_cfg::<S, DT, 6, 3>(a),
         (4, 4) => rows_cfg::<S, DT, 4, 4>(a),
         (3, 6) => rows_cfg::<S, DT, 3, 6>(a),
+        (3, 8) => rows_cfg::<S, DT, 3, 8>(a),
         _ => unreachable!("no such matmul tile plan"),
     }
 }
@@ -159,6 +174,10 @@ thread_local! {
 /// Bytes of one row block's weights kept L1-resident by the K blocking.
 const W_BLOCK_BYTES: usize = 12 * 1024;
 
+/// Bytes of vector partial sums of one row panel (the column-block-outer order): they
+/// stay in L2 while the panel's row blocks run over each column block.
+const PANEL_SCRATCH_BYTES: usize = 128 * 1024;
+
 /// Bytes of packed activations `x[tokens, kc]` kept L2-resident by the K blocking.
 const X_BLOCK_BYTES: usize = 256 * 1024;
 
@@ -180,8 +199,10 @@ const X_BLOCK_BYTES: usize = 256 * 1024;
 /// - several token blocks, `x` in L2 (verification of more tokens, small batches): row
 ///   block → column block → token block, so each weight row is read sequentially (`R`
 ///   streams) and its L1-resident slice serves every token block;
-/// - otherwise (large batches, prefill): column block → row block → token block, so that
-///   `x[tokens, kc]` stays in L2 while all the task's row blocks run over it.
+/// - otherwise (large batches, prefill): row panel → column block → row block → token
+///   block, so that `x[tokens, kc]` stays in L2 while all the panel's row blocks run over
+///   it, and the panel's partial sums ([`PANEL_SCRATCH_BYTES`]) stay in L2 too (one panel
+///   of all the task's rows streamed them through DRAM on one thread).
 #[inline(always)]
 unsafe fn rows_cfg<S: MatmulTiles, const DT: u8, const R: usize, const TBMAX: usize>(a: &MmArgs) {
     let esz = elem_size(DT);
@@ -219,7 +240,9 @@ unsafe fn rows_cfg<S: MatmulTiles, const DT: u8, const R: usize, const TBMAX: us
     // The scratch pointer stays valid for this task: nothing else on this thread touches
     // the buffer until the task ends (no closure around the loops, so that everything
     // below is compiled with the path's target features).
-    let scratch_rows = if x_in_l2 { R } else { a.r1 - a.r0 };
+    // Without `x` in L2, rows run in panels whose partial sums stay in L2.
+    let panel = (PANEL_SCRATCH_BYTES / (a.tokens * 64) / R).max(1) * R;
+    let scratch_rows = if x_in_l2 { R } else { (a.r1 - a.r0).min(panel) };
     let sp = if blocked {
         let need = scratch_rows * a.tokens * 16;
         SCRATCH.with(|cell| {
@@ -250,23 +273,28 @@ unsafe fn rows_cfg<S: MatmulTiles, const DT: u8, const R: usize, const TBMAX: us
             r += if full { R } else { 1 };
         }
     } else {
-        let mut k0 = 0;
-        loop {
-            let mut r = a.r0;
-            let mut next = k0;
-            while r < a.r1 {
-                if r + R <= a.r1 {
-                    next = column_block::<S, DT, R, TBMAX>(a, &geo, r, 1, k0, r - a.r0);
-                    r += R;
-                } else {
-                    next = column_block::<S, DT, 1, TBMAX>(a, &geo, r, 1, k0, r - a.r0);
-                    r += 1;
+        let mut p0 = a.r0;
+        while p0 < a.r1 {
+            let p1 = (p0 + panel).min(a.r1);
+            let mut k0 = 0;
+            loop {
+                let mut r = p0;
+                let mut next = k0;
+                while r < p1 {
+                    if r + R <= p1 {
+                        next = column_block::<S, DT, R, TBMAX>(a, &geo, r, 1, k0, r - p0);
+                        r += R;
+                    } else {
+                        next = column_block::<S, DT, 1, TBMAX>(a, &geo, r, 1, k0, r - p0);
+                        r += 1;
+                    }
+                }
+                k0 = next;
+                if k0 == steps {
+                    break;
                 }
             }
-            k0 = next;
-            if k0 == steps {
-                break;
-            }
+            p0 = p1;
         }
     }
 }
@@ -350,6 +378,8 @@ unsafe fn token_block<S: MatmulTiles, const DT: u8, const R: usize, const TBMAX:
         4 if TBMAX >= 4 => S::mk::<DT, R, 4>(k),
         5 if TBMAX >= 5 => S::mk::<DT, R, 5>(k),
         6 if TBMAX >= 6 => S::mk::<DT, R, 6>(k),
+        7 if TBMAX >= 7 => S::mk::<DT, R, 7>(k),
+        8 if TBMAX >= 8 => S::mk::<DT, R, 8>(k),
         _ => unreachable!("token block larger than the tile"),
     }
 }

@@ -85,6 +85,23 @@ pub(crate) trait Simd: Copy {
         }
     }
 
+    /// `a + w · load(p)` (one rounding), where the path can force it with the load as the
+    /// FMA's memory operand: the loaded vector then takes no register and equal loads are
+    /// not merged, so a register tile can read its other operand straight from L1 (the
+    /// matmul's 7–8-token tiles). Bitwise equal to `fma(w, load(p), a)`.
+    #[inline(always)]
+    unsafe fn fma_mem(w: Self::V, p: *const f32, a: Self::V) -> Self::V {
+        Self::fma(w, Self::load(p), a)
+    }
+
+    /// [`Simd::fma_mem`] of `w0` at `p`, then of `w1` at `p + L` (a bf16 step's even and
+    /// odd halves).
+    #[inline(always)]
+    unsafe fn fma2_mem(w0: Self::V, w1: Self::V, p: *const f32, a: Self::V) -> Self::V {
+        let a = Self::fma_mem(w0, p, a);
+        Self::fma_mem(w1, p.add(Self::L), a)
+    }
+
     /// Hints that the cache line at `p` will be read later: fetch it into L2 (never faults).
     #[inline(always)]
     unsafe fn prefetch_l2(_p: *const u8) {}

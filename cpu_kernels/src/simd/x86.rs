@@ -145,6 +145,15 @@ impl Simd for Avx512 {
     }
 
     #[inline(always)]
+    unsafe fn fma_mem(w: __m512, p: *const f32, a: __m512) -> __m512 {
+        fma_mem_512(w, p, a)
+    }
+    #[inline(always)]
+    unsafe fn fma2_mem(w0: __m512, w1: __m512, p: *const f32, a: __m512) -> __m512 {
+        fma2_mem_512(w0, w1, p, a)
+    }
+
+    #[inline(always)]
     unsafe fn hsums(v: &[__m512], out: *mut f32) {
         // Groups of 16 vectors; slot `s` of a group holds vector `4 (s % 4) + s / 4` (zero
         // past the end) so that lane `e` of the transposed result is the sum of vector `e`.
@@ -179,6 +188,40 @@ impl Simd for Avx512 {
             g += 16;
         }
     }
+}
+
+/// `a + w · [p]` as one `vfmadd231ps` with a memory operand (an intrinsic load would be
+/// hoisted into a register and shared between the rows of a tile). The address is a
+/// plain register (+ displacement): an indexed one would un-laminate the FMA into two
+/// fused-domain uops. Inlined into its AVX-512 callers (a target-feature function cannot
+/// be `inline(always)`).
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn fma_mem_512(w: __m512, p: *const f32, mut a: __m512) -> __m512 {
+    core::arch::asm!(
+        "vfmadd231ps {a}, {w}, zmmword ptr [{p}]",
+        a = inout(zmm_reg) a,
+        w = in(zmm_reg) w,
+        p = in(reg) p,
+        options(pure, readonly, nostack, preserves_flags),
+    );
+    a
+}
+
+/// [`fma_mem_512`] of `w0` at `p`, then of `w1` 64 bytes further.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn fma2_mem_512(w0: __m512, w1: __m512, p: *const f32, mut a: __m512) -> __m512 {
+    core::arch::asm!(
+        "vfmadd231ps {a}, {w0}, zmmword ptr [{p}]",
+        "vfmadd231ps {a}, {w1}, zmmword ptr [{p} + 64]",
+        a = inout(zmm_reg) a,
+        w0 = in(zmm_reg) w0,
+        w1 = in(zmm_reg) w1,
+        p = in(reg) p,
+        options(pure, readonly, nostack, preserves_flags),
+    );
+    a
 }
 
 /// `[a lanes i + (i+8) for i < 8 | b likewise]`.
