@@ -12,6 +12,7 @@
 
 mod accept;
 mod draft;
+pub mod schedule;
 pub mod vocab;
 
 use crate::engine::{check_requests, FinishReason, GenOutput, GenRequest, GenStats};
@@ -31,9 +32,8 @@ pub const MAX_DRAFT_LEN: usize = 16;
 pub enum DraftLen {
     /// Always `k`.
     Fixed(usize),
-    /// Adapted every step from the observed acceptance (transformers' "heuristic"
-    /// schedule): `k + 2` after a step where every sequence accepted all its draft tokens,
-    /// `k − 1` otherwise, within `1..=max`.
+    /// Adapted every step: the `k` that maximises expected tokens per second from the
+    /// observed acceptance rate and step times ([`schedule::AutoDraftLen`]), within `1..=max`.
     Auto {
         /// Initial `k`.
         start: usize,
@@ -48,7 +48,7 @@ impl DraftLen {
     /// Errors: anything else, or a number outside `1..=MAX_DRAFT_LEN`.
     pub fn parse(s: &str) -> Result<Self> {
         if s.trim() == "auto" {
-            return Ok(DraftLen::Auto { start: 4, max: 8 });
+            return Ok(DraftLen::Auto { start: 3, max: 8 });
         }
         match s.trim().parse::<usize>() {
             Ok(k) if (1..=MAX_DRAFT_LEN).contains(&k) => Ok(DraftLen::Fixed(k)),
@@ -275,6 +275,10 @@ fn spec_on_worker(
     stats.prefill_seconds = t0.elapsed().as_secs_f64();
 
     let t1 = Instant::now();
+    let mut auto = match opts.draft_len {
+        DraftLen::Fixed(_) => None,
+        DraftLen::Auto { start, max } => Some(schedule::AutoDraftLen::new(start, max)),
+    };
     let mut k = match opts.draft_len {
         DraftLen::Fixed(k) => k,
         DraftLen::Auto { start, .. } => start,
@@ -294,6 +298,8 @@ fn spec_on_worker(
         // Draft phase: sequences whose drafts were made during the last verification take
         // them (cut to this step's k); the others draft now, batched.
         let td = Instant::now();
+        let acc0 = spec.accepted;
+        let mut trials = 0usize;
         let mut drafts: Vec<Drafted> = vec![Drafted::default(); live.len()];
         for (n, &i) in live.iter().enumerate() {
             let s = &mut seqs[i];
@@ -356,7 +362,7 @@ fn spec_on_worker(
         let starts: Vec<usize> = live.iter().map(|&i| seqs[i].tcache.len()).collect();
         let k_ahead = match opts.draft_len {
             DraftLen::Fixed(k) => k,
-            DraftLen::Auto { max, .. } => (k + 2).min(max),
+            DraftLen::Auto { max, .. } => (k + 1).min(max),
         };
         // Offered token + next block: next_k + 1 draws, after committing d1..dk and e.
         let ahead_counts: Vec<usize> = live
@@ -406,7 +412,6 @@ fn spec_on_worker(
         k_sum += k;
 
         let vocab = target.cfg.vocab_size;
-        let mut all_accepted = true;
         for (n, &i) in live.iter().enumerate() {
             let s = &mut seqs[i];
             let d = &drafts[n];
@@ -428,9 +433,11 @@ fn spec_on_worker(
                 &out.logits[n],
                 vocab,
             );
-            all_accepted &= accepted == kd;
             spec.proposed += kd;
             spec.accepted += accepted;
+            // Bernoulli trials of the geometric acceptance model: the accepted drafts and
+            // the first rejected one (drafts after it are never tested).
+            trials += accepted + usize::from(accepted < kd);
             spec.seq_steps += 1;
             // Roll back: keep [last, d1..d_accepted] in the target cache.
             s.tcache.truncate(starts[n] + 1 + accepted);
@@ -474,12 +481,13 @@ fn spec_on_worker(
                 |t| on_token(i, t),
             );
         }
-        if let DraftLen::Auto { max, .. } = opts.draft_len {
-            k = if all_accepted {
-                (k + 2).min(max)
-            } else {
-                k.saturating_sub(1).max(1)
-            };
+        if let Some(a) = auto.as_mut() {
+            // The step's real block (an overlapped block can be shorter than `k`).
+            let kd = drafts.iter().map(|d| d.tokens.len()).max().unwrap_or(0);
+            if kd > 0 {
+                a.observe(kd, spec.accepted - acc0, trials, td.elapsed().as_secs_f64());
+            }
+            k = a.k();
         }
     }
     stats.decode_seconds = t1.elapsed().as_secs_f64();
