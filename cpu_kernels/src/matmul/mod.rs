@@ -49,7 +49,7 @@ use crate::dtype::{load_f32, DType};
 use crate::simd::{aligned_f32, lanes, Line};
 use crate::SendPtr;
 use rayon::prelude::*;
-use rows::{matmul_rows, plan, MmArgs, DT_BF16, DT_F16, DT_F32};
+use rows::{matmul_rows, plan, MmArgs, Plan, DT_BF16, DT_F16, DT_F32};
 
 /// A read-only weight matrix `[rows, cols]` = `[out_features, in_features]`, row-major,
 /// little-endian, in its stored dtype.
@@ -175,10 +175,11 @@ pub fn matmul_many_with(isa: Isa, x: &[f32], tokens: usize, jobs: &mut [MatmulJo
     }
     let isa = usable(isa);
     let l = lanes(isa);
-    let tiles = plan(isa, tokens);
+
     // One packed copy of `x` per weight dtype present (f32 and f16 share the plain layout).
     let mut packs: Vec<(bool, usize, Vec<Line>)> = Vec::new();
-    let mut tasks: Vec<(usize, usize, usize, usize)> = Vec::new(); // (job, pack, r0, r1)
+    // (job, pack, r0, r1, tile plan)
+    let mut tasks: Vec<(usize, usize, usize, usize, Plan)> = Vec::new();
     let threads = rayon::current_num_threads();
     let total_bytes: usize = jobs.iter().map(|j| j.w.bytes()).sum();
     let sequential = total_bytes <= SEQUENTIAL_BYTES || threads == 1;
@@ -193,6 +194,7 @@ pub fn matmul_many_with(isa: Isa, x: &[f32], tokens: usize, jobs: &mut [MatmulJo
         }
         let bf = w.dtype == DType::BF16;
         let step = if bf { 2 * l } else { l };
+        let tiles = plan(isa, tokens, w.cols);
         // Packed rows are `kp` f32 apart: `cols` rounded up to a step, plus one cache line
         // so that the token rows of a tile do not all map to the same L1 set.
         let kp = w.cols.div_ceil(step) * step + 16;
@@ -210,7 +212,7 @@ pub fn matmul_many_with(isa: Isa, x: &[f32], tokens: usize, jobs: &mut [MatmulJo
             }
         };
         if sequential {
-            tasks.push((ji, pi, 0, w.rows));
+            tasks.push((ji, pi, 0, w.rows, tiles));
             continue;
         }
         let rb = tiles.rows;
@@ -221,7 +223,7 @@ pub fn matmul_many_with(isa: Isa, x: &[f32], tokens: usize, jobs: &mut [MatmulJo
             (w.rows.div_ceil(4 * threads).div_ceil(rb) * rb).clamp(rb, full)
         };
         for r0 in (0..w.rows).step_by(task_rows) {
-            tasks.push((ji, pi, r0, (r0 + task_rows).min(w.rows)));
+            tasks.push((ji, pi, r0, (r0 + task_rows).min(w.rows), tiles));
         }
     }
     let outs: Vec<SendPtr> = jobs
@@ -229,7 +231,7 @@ pub fn matmul_many_with(isa: Isa, x: &[f32], tokens: usize, jobs: &mut [MatmulJo
         .map(|j| SendPtr(j.out.as_mut_ptr()))
         .collect();
     let jobs = &*jobs;
-    let run = |&(ji, pi, r0, r1): &(usize, usize, usize, usize)| {
+    let run = |&(ji, pi, r0, r1, tiles): &(usize, usize, usize, usize, Plan)| {
         let w = &jobs[ji].w;
         let (bf, kp, xp) = &packs[pi];
         let a = MmArgs {

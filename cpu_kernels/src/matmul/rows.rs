@@ -28,6 +28,9 @@ pub(super) struct Plan {
     pub(super) tb: usize,
 }
 
+/// Row length from which AVX-512 runs more than 8 tokens as 8-token blocks (see [`plan`]).
+pub(super) const WIDE_COLS: usize = 2048;
+
 const fn p(rows: usize, tb: usize) -> Plan {
     Plan { rows, tb }
 }
@@ -46,9 +49,15 @@ const fn p(rows: usize, tb: usize) -> Plan {
 /// faster only on large ones). 16-register paths (AVX2) and the portable one use R = 4 ×
 /// TB ≤ 2.
 ///
+/// Long rows (`cols` ≥ [`WIDE_COLS`], e.g. Mixtral's 4096) with `x` still L2-resident
+/// (≤ 256 KiB packed) are the exception: there the weights stream from DRAM and converting
+/// each weight vector once per 8 tokens instead of per 3 pays, so those calls run as blocks
+/// of ≤ 8 on R = 3 too (measured on 14336 × 4096: 16 tokens −10 %; with 64 tokens, whose `x`
+/// leaves L2, they were 3–4 % slower and keep the 3-token blocks).
+///
 /// The plan never changes results: each output has one vector accumulator fed the steps
 /// in order and one horizontal sum, whatever the tile.
-pub(super) fn plan(isa: Isa, tokens: usize) -> Plan {
+pub(super) fn plan(isa: Isa, tokens: usize, cols: usize) -> Plan {
     match isa {
         Isa::Avx512 => match tokens {
             1 => p(6, 1),
@@ -57,6 +66,7 @@ pub(super) fn plan(isa: Isa, tokens: usize) -> Plan {
             4 => p(4, 4),
             5 | 6 => p(3, 6),
             7 | 8 => p(3, 8),
+            _ if cols >= WIDE_COLS && tokens * cols * 4 <= X_BLOCK_BYTES => p(3, 8),
             _ => p(6, 3),
         },
         Isa::Neon => match tokens {
