@@ -10,7 +10,7 @@ use specmoe::model::{LogitRows, Model, SeqStep};
 use specmoe::sampling::SamplingParams;
 use specmoe::speculative::vocab::{self, DraftVocab};
 use specmoe::speculative::{
-    generate_speculative, generate_speculative_with, DraftLen, SpecOptions,
+    generate_speculative, generate_speculative_with, DraftLen, SpecOptions, SpecStats,
 };
 use specmoe_cpu_kernels::DType;
 
@@ -65,6 +65,24 @@ fn perturbed(name: &str, scale: f32) -> Model {
     Model::load(dir.path(), DType::F32).unwrap()
 }
 
+/// Speculative decoding of one request with draft length `dl`, overlap on or off.
+fn spec_one(
+    target: &Model,
+    draft: &Model,
+    req: &GenRequest,
+    dl: DraftLen,
+    overlap: bool,
+) -> (Vec<specmoe::engine::GenOutput>, SpecStats) {
+    let opts = SpecOptions {
+        draft_len: dl,
+        overlap,
+    };
+    let (out, _, st) =
+        generate_speculative_with(target, draft, std::slice::from_ref(req), opts, |_, _| {})
+            .unwrap();
+    (out, st)
+}
+
 fn greedy(ids: &[u32], n: usize, stop: Vec<u32>) -> GenRequest {
     GenRequest {
         prompt_ids: ids.to_vec(),
@@ -99,21 +117,10 @@ fn greedy_output_is_identical_with_a_draft() {
                 DraftLen::Auto { start: 2, max: 8 },
             ] {
                 for overlap in [false, true] {
-                    let opts = SpecOptions {
-                        draft_len: dl,
-                        overlap,
-                    };
-                    let (spec, _, st) = generate_speculative_with(
-                        &target,
-                        &draft,
-                        std::slice::from_ref(&req),
-                        opts,
-                        |_, _| {},
-                    )
-                    .unwrap();
+                    let (spec, st) = spec_one(&target, &draft, &req, dl, overlap);
                     assert_eq!(
                         spec[0].output_ids, plain[0].output_ids,
-                        "{t} with draft {d}, {opts:?}"
+                        "{t} with draft {d}, {dl:?}, overlap {overlap}"
                     );
                     assert!(st.target_steps >= 1 && st.proposed > 0);
                     if !overlap {
@@ -131,18 +138,7 @@ fn target_as_its_own_draft_accepts_everything() {
     let r = reference("mixtral");
     let req = greedy(&r.input_ids, 25, vec![]);
     for overlap in [false, true] {
-        let opts = SpecOptions {
-            draft_len: DraftLen::Fixed(4),
-            overlap,
-        };
-        let (out, _, st) = generate_speculative_with(
-            &target,
-            &target,
-            std::slice::from_ref(&req),
-            opts,
-            |_, _| {},
-        )
-        .unwrap();
+        let (out, st) = spec_one(&target, &target, &req, DraftLen::Fixed(4), overlap);
         assert_eq!(out[0].output_ids[..], r.greedy_ids[..25]);
         assert_eq!(
             st.accepted, st.proposed,
@@ -152,7 +148,11 @@ fn target_as_its_own_draft_accepts_everything() {
         // offered next draft token instead of the bonus token).
         assert_eq!(st.target_steps, 5);
         // With overlap every step after the first takes the block drafted during the last.
-        assert_eq!(st.overlap_steps, if overlap { 4 } else { 0 }, "{opts:?}");
+        assert_eq!(
+            st.overlap_steps,
+            if overlap { 4 } else { 0 },
+            "overlap {overlap}"
+        );
     }
 }
 
@@ -480,19 +480,11 @@ fn restricted_draft_head_keeps_greedy_output_identical() {
         let req = greedy(&r.input_ids, 24, vec![]);
         let (plain, _) = generate(&target, std::slice::from_ref(&req), |_, _| {}).unwrap();
         for overlap in [false, true] {
-            let opts = SpecOptions {
-                draft_len: DraftLen::Fixed(3),
-                overlap,
-            };
-            let (spec, _, _) = generate_speculative_with(
-                &target,
-                &draft,
-                std::slice::from_ref(&req),
-                opts,
-                |_, _| {},
-            )
-            .unwrap();
-            assert_eq!(spec[0].output_ids, plain[0].output_ids, "{t}/{d} {opts:?}");
+            let (spec, _) = spec_one(&target, &draft, &req, DraftLen::Fixed(3), overlap);
+            assert_eq!(
+                spec[0].output_ids, plain[0].output_ids,
+                "{t}/{d} overlap {overlap}"
+            );
         }
     }
     // The bundled pair with `--draft-vocab auto` (its 1024 most frequent tokens): identical
