@@ -242,11 +242,11 @@ pub fn attention_verify_batch_with(isa: Isa, tasks: &mut [AttnTask<'_>]) {
         // are disjoint across items; `seqs` borrows the tasks for the whole call.
         unsafe { attn_item(isa, &seqs[it.seq], it) }
     };
-    let work: usize = seqs
-        .iter()
-        .map(|s| s.shape.n_queries * s.shape.n_heads * s.shape.kv_len * s.k.layout.head_dim)
-        .sum();
-    if items.len() <= 1 || rayon::current_num_threads() == 1 || work < SEQUENTIAL_WORK {
+    // Even a few µs of attention gains from the second thread (measured in-process, A/B
+    // interleaved: running calls of < 2^15 products on the calling thread made a 1-token step
+    // of the bundled target 4–7 % slower at 30 positions), so every call with two items or
+    // more runs in parallel.
+    if items.len() <= 1 || rayon::current_num_threads() == 1 {
         items.iter().for_each(run);
     } else {
         items.par_iter().for_each(run);
@@ -259,11 +259,6 @@ pub fn attention_verify_batch_with(isa: Isa, tasks: &mut [AttnTask<'_>]) {
 pub fn attention_verify_with(isa: Isa, t: &mut AttnTask<'_>) {
     attention_verify_batch_with(isa, std::slice::from_mut(t))
 }
-
-/// Below this many query·key products (`Σ n_queries · n_heads · kv_len · head_dim`) a call
-/// runs on the calling thread: the work (≤ ≈ 6 µs on one core, e.g. 8 heads of 64 over ≤ 64
-/// positions for one query) is then no more than what handing items to other threads costs.
-pub const SEQUENTIAL_WORK: usize = 1 << 15;
 
 /// Maximum query rows (query × group member) per work item on `isa`'s path.
 fn query_block(isa: Isa) -> usize {
