@@ -62,8 +62,10 @@ pub struct GenerateArgs {
     /// Speculative decoding with this draft model (bare `--draft`: the bundled draft).
     #[arg(long, num_args = 0..=1, default_missing_value = BUNDLED_DRAFT)]
     draft: Option<PathBuf>,
-    /// Draft length k: tokens proposed per step, or `auto` to adapt it to the acceptance.
-    #[arg(long, default_value = "4", requires = "draft")]
+    /// Draft length k: tokens proposed per step, or `auto` to pick it every step from the
+    /// measured acceptance and step times (default 3: the best fixed k of the bundled pair
+    /// on two threads).
+    #[arg(long, default_value = "3", requires = "draft")]
     draft_len: String,
     /// Draft the next block while the target verifies this one (auto: with ≥ 2 threads).
     #[arg(long, value_enum, default_value_t = DraftOverlap::Auto, requires = "draft")]
