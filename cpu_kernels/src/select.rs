@@ -105,13 +105,22 @@ pub fn top_k(x: &[f32], k: usize) -> Vec<(usize, f32)> {
 /// Index of the largest entry; ties break toward the lowest index (as `torch.argmax`).
 /// NaN entries are never chosen. Returns 0 for an empty slice.
 pub fn argmax(x: &[f32]) -> usize {
-    let mut bi = 0;
-    let mut bv = f32::NEG_INFINITY;
-    for (i, &v) in x.iter().enumerate() {
-        if v > bv {
-            bv = v;
-            bi = i;
+    // Two passes the compiler vectorises: the largest value (NaN never wins a `>`), then
+    // its first index. Same answer as the one-pass scan, including all-NaN or all −∞ (0).
+    const W: usize = 16;
+    let mut lanes = [f32::NEG_INFINITY; W];
+    let chunks = x.chunks_exact(W);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            *m = if v > *m { v } else { *m };
         }
     }
-    bi
+    let mut best = f32::NEG_INFINITY;
+    for &v in lanes.iter().chain(tail) {
+        if v > best {
+            best = v;
+        }
+    }
+    x.iter().position(|&v| v == best).unwrap_or(0)
 }

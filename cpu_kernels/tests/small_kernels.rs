@@ -196,6 +196,28 @@ fn top_k_and_argmax_break_ties_toward_the_lower_index() {
     assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), 1);
     assert_eq!(argmax(&[f32::NAN, 1.0, 1.0]), 1);
     assert_eq!(argmax(&[]), 0);
+    assert_eq!(argmax(&[f32::NAN; 40]), 0);
+    assert_eq!(argmax(&[f32::NEG_INFINITY; 3]), 0);
+    // Against the one-pass scan on ragged lengths with many ties and NaNs (values drawn
+    // from a small set, so the maximum repeats, in the vector body and in the tail).
+    let mut r = rng(9);
+    for n in [1usize, 15, 16, 17, 33, 4096, 4099] {
+        for _ in 0..20 {
+            let x: Vec<f32> = rand_f32(&mut r, n, 4.0)
+                .iter()
+                .map(|v| if *v > 3.5 { f32::NAN } else { v.round() })
+                .collect();
+            let mut want = 0;
+            let mut bv = f32::NEG_INFINITY;
+            for (i, &v) in x.iter().enumerate() {
+                if v > bv {
+                    bv = v;
+                    want = i;
+                }
+            }
+            assert_eq!(argmax(&x), want, "n={n} {x:?}");
+        }
+    }
     let x = [0.5, 2.0, 1.0, 2.0, 1.0, 0.5];
     assert_eq!(top_k(&x, 3), vec![(1, 2.0), (3, 2.0), (2, 1.0)]);
     assert_eq!(top_k(&x, 0), vec![]);

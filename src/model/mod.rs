@@ -257,6 +257,11 @@ impl Model {
                 logits
             }
         };
+        if steps.len() == 1 {
+            // One sequence (batch-1 decode, verification, drafting): its rows are all of them.
+            out.logits.push(logits);
+            return Ok(out);
+        }
         let mut at = 0;
         for s in steps.iter() {
             let r = match s.logits {
