@@ -134,7 +134,7 @@ pub fn generate(
 /// outside any), directly if the caller already is one. The forward step makes dozens of
 /// parallel calls; made from outside the pool each is injected into it and waited for on a
 /// futex (tens of µs), made on a worker it is pushed onto the worker's own deque.
-pub(crate) fn on_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+pub fn on_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
         f()
     } else {

@@ -395,9 +395,7 @@ fn speculative_sampling_follows_the_target_distribution() {
         let spec = sample_positions(
             &target,
             |rq| {
-                generate_speculative_with(&target, draft, std::slice::from_ref(rq), opts, |_, _| {})
-                    .unwrap()
-                    .0[0]
+                spec_one(&target, draft, rq, opts.draft_len, opts.overlap).0[0]
                     .output_ids
                     .clone()
             },

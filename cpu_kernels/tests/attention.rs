@@ -55,10 +55,9 @@ fn make(c: &Case, seed: u64) -> Data {
     }
 }
 
-/// Output `[n, heads, d]` of `kernel` on the task of `c` over `d`.
-fn call(c: &Case, d: &Data, kernel: impl FnOnce(&mut AttnTask<'_>)) -> Vec<f32> {
-    let mut out = vec![f32::NAN; d.q.len()];
-    let mut t = AttnTask {
+/// The task of case `c` over `d` with softmax scale `scale`, writing `out`.
+fn task<'a>(c: &Case, d: &'a Data, scale: f32, out: &'a mut [f32]) -> AttnTask<'a> {
+    AttnTask {
         q: &d.q,
         k: KvView {
             dtype: c.dtype,
@@ -74,11 +73,16 @@ fn call(c: &Case, d: &Data, kernel: impl FnOnce(&mut AttnTask<'_>)) -> Vec<f32> 
             n_queries: c.n,
             n_heads: c.heads,
             kv_len: c.kv_len,
-            scale: 1.0 / (c.d as f32).sqrt(),
+            scale,
         },
-        out: &mut out,
-    };
-    kernel(&mut t);
+        out,
+    }
+}
+
+/// Output `[n, heads, d]` of `kernel` on the task of `c` over `d`.
+fn call(c: &Case, d: &Data, kernel: impl FnOnce(&mut AttnTask<'_>)) -> Vec<f32> {
+    let mut out = vec![f32::NAN; d.q.len()];
+    kernel(&mut task(c, d, 1.0 / (c.d as f32).sqrt(), &mut out));
     out
 }
 
@@ -224,52 +228,13 @@ fn batch_of_sequences_matches_one_by_one() {
             .iter()
             .zip(&data)
             .zip(outs.iter_mut())
-            .map(|((c, d), out)| AttnTask {
-                q: &d.q,
-                k: KvView {
-                    dtype: c.dtype,
-                    data: &d.k,
-                    layout: d.layout,
-                },
-                v: KvView {
-                    dtype: c.dtype,
-                    data: &d.v,
-                    layout: d.layout,
-                },
-                shape: AttnShape {
-                    n_queries: c.n,
-                    n_heads: c.heads,
-                    kv_len: c.kv_len,
-                    scale: 0.125,
-                },
-                out: out.as_mut_slice(),
-            })
+            .map(|((c, d), out)| task(c, d, 0.125, out))
             .collect();
         attention_verify_batch_with(isa, &mut tasks);
         drop(tasks);
         for (c, (d, out)) in cases.iter().zip(data.iter().zip(&outs)) {
             let mut want = vec![0.0; d.q.len()];
-            let mut t = AttnTask {
-                q: &d.q,
-                k: KvView {
-                    dtype: c.dtype,
-                    data: &d.k,
-                    layout: d.layout,
-                },
-                v: KvView {
-                    dtype: c.dtype,
-                    data: &d.v,
-                    layout: d.layout,
-                },
-                shape: AttnShape {
-                    n_queries: c.n,
-                    n_heads: c.heads,
-                    kv_len: c.kv_len,
-                    scale: 0.125,
-                },
-                out: &mut want,
-            };
-            attention_scalar(&mut t);
+            attention_scalar(&mut task(c, d, 0.125, &mut want));
             for (g, w) in out.iter().zip(&want) {
                 assert!((g - w).abs() <= 2e-5 * d.vmax + 1e-6, "{isa}: {g} vs {w}");
             }

@@ -223,10 +223,8 @@ pub fn run() -> Result<()> {
         },
     };
     opts.apply()?;
-    // The command runs on a worker of the pool: a parallel call made from outside the pool
-    // is injected into it and waited for on a futex (tens of µs each, dozens per forward
-    // step), one made on a worker is pushed onto its own deque.
-    rayon::scope(|_| match cli.command {
+    // The whole command runs on a worker of the pool (see `engine::on_worker`).
+    specmoe::engine::on_worker(|| match cli.command {
         Command::Generate(a) => generate::run(a),
         Command::Logits(a) => logits::run(a),
         Command::Bench(a) => bench::run(a),

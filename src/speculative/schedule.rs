@@ -58,7 +58,7 @@ pub struct AutoDraftLen {
     k: usize,
     best: usize,
     accepted: f64,
-    proposed: f64,
+    trials: f64,
     /// Per draft length `k` (index): decayed sum of step seconds and decayed count.
     steps: Vec<(f64, f64)>,
     n: usize,
@@ -74,7 +74,7 @@ impl AutoDraftLen {
             k,
             best: k,
             accepted: PRIOR_ALPHA * PRIOR_TRIALS,
-            proposed: PRIOR_TRIALS,
+            trials: PRIOR_TRIALS,
             steps: vec![(0.0, 0.0); max + 1],
             n: 0,
         }
@@ -87,7 +87,7 @@ impl AutoDraftLen {
 
     /// The observed per-token acceptance rate (decayed, starting from a prior of 0.6).
     pub fn alpha(&self) -> f64 {
-        self.accepted / self.proposed
+        self.accepted / self.trials
     }
 
     /// The fitted step time `a + b·k` in seconds (`None` before any step).
@@ -123,9 +123,8 @@ impl AutoDraftLen {
     /// tested, those after it are not) were accepted and the step took `seconds`; picks the
     /// next step's `k`.
     pub fn observe(&mut self, k: usize, accepted: usize, trials: usize, seconds: f64) {
-        let proposed = trials;
         self.accepted = self.accepted * DECAY + accepted as f64;
-        self.proposed = self.proposed * DECAY + proposed as f64;
+        self.trials = self.trials * DECAY + trials as f64;
         for s in self.steps.iter_mut() {
             s.0 *= DECAY;
             s.1 *= DECAY;
