@@ -32,6 +32,7 @@ pub mod dispatch;
 pub mod dtype;
 pub mod matmul;
 pub mod norm;
+pub mod parallel;
 pub mod rope;
 pub mod select;
 mod simd;

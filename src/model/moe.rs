@@ -9,6 +9,7 @@ use super::weights::{FfnWeights, MlpWeights, MoeWeights};
 use rayon::prelude::*;
 use specmoe_cpu_kernels::activation::{sigmoid, silu_mul_inplace};
 use specmoe_cpu_kernels::matmul::{matmul, matmul_many, MatmulJob};
+use specmoe_cpu_kernels::parallel;
 use specmoe_cpu_kernels::select::{softmax_inplace, top_k};
 
 /// Routing of one MoE layer for the tokens of a step: per token, the chosen experts with
@@ -101,18 +102,20 @@ fn moe_block(
         .enumerate()
         .filter(|(_, g)| !g.is_empty())
         .collect();
-    let ys: Vec<(Vec<f32>, u64)> = chosen
-        .par_iter()
-        .map(|&(e, grp)| {
-            let mut xe = Vec::with_capacity(grp.len() * hidden);
-            for &(t, _) in grp {
-                xe.extend_from_slice(&h[t * hidden..(t + 1) * hidden]);
-            }
-            let mut b = 0u64;
-            let ye = mlp(&xe, grp.len(), &w.experts[e], &mut b);
-            (ye, b)
-        })
-        .collect();
+    let run = |&(e, grp): &(usize, &Vec<(usize, f32)>)| {
+        let mut xe = Vec::with_capacity(grp.len() * hidden);
+        for &(t, _) in grp {
+            xe.extend_from_slice(&h[t * hidden..(t + 1) * hidden]);
+        }
+        let mut b = 0u64;
+        let ye = mlp(&xe, grp.len(), &w.experts[e], &mut b);
+        (ye, b)
+    };
+    let ys: Vec<(Vec<f32>, u64)> = if chosen.len() > 1 && parallel::may_fork() {
+        chosen.par_iter().map(run).collect()
+    } else {
+        chosen.iter().map(run).collect()
+    };
     let mut out = vec![0.0f32; tokens * hidden];
     for (&(_, grp), (ye, b)) in chosen.iter().zip(&ys) {
         *bytes += b;

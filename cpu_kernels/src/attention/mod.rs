@@ -246,7 +246,7 @@ pub fn attention_verify_batch_with(isa: Isa, tasks: &mut [AttnTask<'_>]) {
     // interleaved: running calls of < 2^15 products on the calling thread made a 1-token step
     // of the bundled target 4–7 % slower at 30 positions), so every call with two items or
     // more runs in parallel.
-    if items.len() <= 1 || rayon::current_num_threads() == 1 {
+    if items.len() <= 1 || !crate::parallel::may_fork() {
         items.iter().for_each(run);
     } else {
         items.par_iter().for_each(run);

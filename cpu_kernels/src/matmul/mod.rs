@@ -182,7 +182,7 @@ pub fn matmul_many_with(isa: Isa, x: &[f32], tokens: usize, jobs: &mut [MatmulJo
     let mut tasks: Vec<(usize, usize, usize, usize, Plan)> = Vec::new();
     let threads = rayon::current_num_threads();
     let total_bytes: usize = jobs.iter().map(|j| j.w.bytes()).sum();
-    let sequential = total_bytes <= SEQUENTIAL_BYTES || threads == 1;
+    let sequential = total_bytes <= SEQUENTIAL_BYTES || !crate::parallel::may_fork();
     for (ji, j) in jobs.iter_mut().enumerate() {
         let w = j.w;
         if w.rows == 0 {
