@@ -6,7 +6,7 @@
 //! expanded to an f32 copy, so resident memory stays near the checkpoint size.
 
 use crate::error::{Error, Result};
-use crate::tensor::{Storage, Tensor, TensorStore};
+use crate::tensor::{AlignedBytes, Storage, Tensor, TensorStore};
 use memmap2::Mmap;
 use safetensors::{Dtype as StDtype, SafeTensors};
 use serde_json::Value;
@@ -85,7 +85,7 @@ fn load_file(path: &Path, store: &mut TensorStore) -> Result<()> {
     // truncation of the file by another process is outside what we can guard against.
     let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
     let base = mmap.as_ptr() as usize;
-    let entries: Vec<(String, DType, Vec<usize>, usize, usize)> = {
+    let entries: Vec<Entry> = {
         let st = SafeTensors::deserialize(&mmap).map_err(|e| Error::Checkpoint {
             path: path.to_path_buf(),
             msg: format!("not a valid safetensors file (truncated or corrupt?): {e}"),
@@ -115,7 +115,11 @@ fn load_file(path: &Path, store: &mut TensorStore) -> Result<()> {
         }
         out
     };
-    let storage = Arc::new(Storage::Mmap(mmap));
+    let (storage, entries) = if aligned_copy_pays(mmap.len(), base, &entries) {
+        aligned_copy(&mmap, entries)
+    } else {
+        (Arc::new(Storage::Mmap(mmap)), entries)
+    };
     for (name, dtype, shape, off, len) in entries {
         let t = Tensor::new(dtype, shape, storage.clone(), off, len).map_err(|e| {
             Error::Checkpoint {
@@ -126,6 +130,41 @@ fn load_file(path: &Path, store: &mut TensorStore) -> Result<()> {
         store.insert(name, t);
     }
     Ok(())
+}
+
+/// Largest safetensors file whose tensors are copied to 64-byte-aligned memory at load.
+///
+/// safetensors aligns tensor data to 8 bytes only (the bundled checkpoints start theirs at
+/// 8 and 40 bytes past a cache line), so every 64-byte weight load of the matmul kernels
+/// straddles two cache lines. That costs nothing when the weights stream from DRAM (measured:
+/// 8-token 14336 × 4096 calls take the same time aligned or not) but 10–20 % on 4- and
+/// 8-token calls over L2/L3-resident weights (4096 × 512 and 192 × 512 bf16, one thread,
+/// interleaved) — the regime of a model small enough to sit in the last-level cache. Such
+/// a model is cheap to copy; a large one stays memory-mapped (no second copy in RAM).
+pub const ALIGNED_COPY_MAX_BYTES: usize = 256 << 20;
+
+type Entry = (String, DType, Vec<usize>, usize, usize);
+
+/// Whether [`aligned_copy`] applies to a file of `file_len` bytes mapped at `base`: small
+/// enough, and some tensor does not start on a cache line.
+fn aligned_copy_pays(file_len: usize, base: usize, entries: &[Entry]) -> bool {
+    file_len <= ALIGNED_COPY_MAX_BYTES && entries.iter().any(|e| (base + e.3) % 64 != 0)
+}
+
+/// The tensors of `mmap` copied into one owned buffer, each starting at a multiple of 64
+/// bytes, with their new offsets.
+fn aligned_copy(mmap: &Mmap, entries: Vec<Entry>) -> (Arc<Storage>, Vec<Entry>) {
+    let total: usize = entries.iter().map(|e| e.4.next_multiple_of(64)).sum();
+    let mut buf = AlignedBytes::zeroed(total);
+    let dst = buf.as_mut_slice();
+    let mut at = 0;
+    let mut moved = Vec::with_capacity(entries.len());
+    for (name, dtype, shape, off, len) in entries {
+        dst[at..at + len].copy_from_slice(&mmap[off..off + len]);
+        moved.push((name, dtype, shape, at, len));
+        at += len.next_multiple_of(64);
+    }
+    (Arc::new(Storage::Owned(buf)), moved)
 }
 
 /// What `generation_config.json` says about stopping and sampling defaults.
@@ -159,5 +198,27 @@ impl GenerationConfig {
             eos_token_ids: c.id_list("eos_token_id")?,
             bos_token_id: c.opt_usize("bos_token_id")?.map(|x| x as u32),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(off: usize) -> Entry {
+        ("t".into(), DType::BF16, vec![4, 32], off, 256)
+    }
+
+    #[test]
+    fn aligned_copy_only_for_small_misaligned_files() {
+        let small = 1 << 20;
+        assert!(aligned_copy_pays(small, 4096, &[entry(64), entry(72)]));
+        assert!(!aligned_copy_pays(small, 4096, &[entry(0), entry(128)]));
+        assert!(!aligned_copy_pays(
+            ALIGNED_COPY_MAX_BYTES + 1,
+            4096,
+            &[entry(8)]
+        ));
+        assert!(aligned_copy_pays(ALIGNED_COPY_MAX_BYTES, 4096, &[entry(8)]));
     }
 }

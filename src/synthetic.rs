@@ -4,7 +4,7 @@
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::tensor::{Storage, Tensor, TensorStore};
+use crate::tensor::{AlignedBytes, Storage, Tensor, TensorStore};
 use rayon::prelude::*;
 use specmoe_cpu_kernels::dtype::store_f32;
 use specmoe_cpu_kernels::DType;
@@ -106,9 +106,10 @@ pub fn random_mixtral(cfg: &ModelConfig, dtype: DType, seed: u64) -> TensorStore
     let mut store = TensorStore::new(format!("random weights (seed {seed})"));
     for (ti, (name, shape)) in mixtral_tensors(cfg).into_iter().enumerate() {
         let n: usize = shape.iter().product();
-        let mut buf = vec![0u8; n * dtype.size()];
+        let mut owned = AlignedBytes::zeroed(n * dtype.size());
+        let buf = owned.as_mut_slice();
         if shape.len() == 1 {
-            (0..n).for_each(|i| store_f32(&mut buf, dtype, i, 1.0));
+            (0..n).for_each(|i| store_f32(buf, dtype, i, 1.0));
         } else {
             let a = (3.0 / shape[1] as f32).sqrt();
             const CHUNK: usize = 1 << 16;
@@ -125,7 +126,7 @@ pub fn random_mixtral(cfg: &ModelConfig, dtype: DType, seed: u64) -> TensorStore
                 });
         }
         let len = buf.len();
-        let t = Tensor::new(dtype, shape, Arc::new(Storage::Owned(buf)), 0, len)
+        let t = Tensor::new(dtype, shape, Arc::new(Storage::Owned(owned)), 0, len)
             .expect("sizes computed from the shape");
         store.insert(name, t);
     }

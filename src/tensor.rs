@@ -13,8 +13,9 @@ use std::sync::Arc;
 pub enum Storage {
     /// A memory-mapped safetensors file (weights stay in the page cache, not copied).
     Mmap(Mmap),
-    /// An owned buffer (random benchmark weights, tests).
-    Owned(Vec<u8>),
+    /// An owned buffer whose first byte is 64-byte aligned (random benchmark weights,
+    /// small checkpoints copied to aligned memory, tests).
+    Owned(AlignedBytes),
 }
 
 impl Storage {
@@ -22,8 +23,45 @@ impl Storage {
     pub fn bytes(&self) -> &[u8] {
         match self {
             Storage::Mmap(m) => m,
-            Storage::Owned(v) => v,
+            Storage::Owned(v) => v.as_slice(),
         }
+    }
+}
+
+/// One cache line: the unit (and alignment) of [`AlignedBytes`].
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
+struct CacheLine([u8; 64]);
+
+/// A zero-initialised byte buffer that starts on a 64-byte boundary, so that a tensor placed
+/// at a multiple of 64 bytes in it has cache-line-aligned rows wherever its rows are a
+/// multiple of 64 bytes long (every vector load of the matmul kernels then touches one
+/// line instead of two).
+#[derive(Clone, Debug)]
+pub struct AlignedBytes {
+    lines: Vec<CacheLine>,
+    len: usize,
+}
+
+impl AlignedBytes {
+    /// `len` zero bytes.
+    pub fn zeroed(len: usize) -> Self {
+        AlignedBytes {
+            lines: vec![CacheLine([0; 64]); len.div_ceil(64)],
+            len,
+        }
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `lines` holds `len.div_ceil(64) * 64 >= len` initialised bytes.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const u8, self.len) }
+    }
+
+    /// The bytes, mutably.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_slice`; `&mut self` makes the borrow unique.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr() as *mut u8, self.len) }
     }
 }
 

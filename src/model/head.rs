@@ -3,16 +3,18 @@
 //! only; verification stays over the full vocabulary, so decoding stays lossless).
 
 use crate::error::{Error, Result};
+use crate::tensor::AlignedBytes;
 use specmoe_cpu_kernels::matmul::{matmul, WeightMatrix};
 use specmoe_cpu_kernels::DType;
 
-/// The LM-head rows of the token ids in `ids`, copied out of the full head in its stored dtype.
+/// The LM-head rows of the token ids in `ids`, copied out of the full head in its stored dtype
+/// (into cache-line-aligned memory, see [`crate::checkpoint::ALIGNED_COPY_MAX_BYTES`]).
 #[derive(Clone, Debug)]
 pub struct HeadSubset {
     ids: Vec<u32>,
     dtype: DType,
     cols: usize,
-    data: Vec<u8>,
+    data: AlignedBytes,
 }
 
 impl HeadSubset {
@@ -27,7 +29,6 @@ impl HeadSubset {
         }
         let mut seen = vec![false; head.rows];
         let rb = head.cols * head.dtype.size();
-        let mut data = Vec::with_capacity(ids.len() * rb);
         for &id in ids {
             let i = id as usize;
             if i >= head.rows {
@@ -41,7 +42,13 @@ impl HeadSubset {
                     "restricted LM head: token id {id} is listed twice"
                 )));
             }
-            data.extend_from_slice(&head.data[i * rb..(i + 1) * rb]);
+        }
+        let mut data = AlignedBytes::zeroed(ids.len() * rb);
+        if rb > 0 {
+            for (row, &id) in data.as_mut_slice().chunks_exact_mut(rb).zip(ids) {
+                let i = id as usize;
+                row.copy_from_slice(&head.data[i * rb..(i + 1) * rb]);
+            }
         }
         Ok(HeadSubset {
             ids: ids.to_vec(),
@@ -60,7 +67,7 @@ impl HeadSubset {
     /// subset's entries computed (bitwise what the full head gives for them), every other
     /// entry `-inf` (probability 0 after softmax, never an argmax).
     pub fn logits(&self, h: &[f32], rows: usize, vocab: usize) -> Vec<f32> {
-        let w = WeightMatrix::new(self.dtype, self.ids.len(), self.cols, &self.data);
+        let w = WeightMatrix::new(self.dtype, self.ids.len(), self.cols, self.data.as_slice());
         let mut sub = vec![0.0f32; rows * self.ids.len()];
         matmul(h, rows, &w, &mut sub);
         let mut out = vec![f32::NEG_INFINITY; rows * vocab];
@@ -77,6 +84,6 @@ impl HeadSubset {
 
     /// Bytes of weights read per call.
     pub fn bytes(&self) -> usize {
-        self.data.len()
+        self.data.as_slice().len()
     }
 }
