@@ -58,6 +58,21 @@ What it does, start to finish:
 ``--minutes-target`` / ``--minutes-draft`` (optionally with ``--threads auto``, which switches
 between 1 and 2 threads by measured speed) size the step counts by wall time on a busy
 machine instead; such runs are not bitwise reproducible and the report says so.
+
+``--redistil-draft`` continues step 5 alone from the committed pair: the target in
+``<out-dir>/tiny-mixtral`` stays frozen, the draft in ``<out-dir>/tiny-draft`` is the starting
+point, the corpus split and the committed tokenizer are reused (nothing retrained but the
+draft). It generates a fresh set of target continuations (``--gen-seqs``; ``--gen-prompt-min``
+varies the prompt length), spends ``--gen-share`` of the steps on them, restarts AdamW and the
+cosine schedule at ``--redistil-lr``, and writes only the draft, to ``--draft-out`` (default
+/tmp/redistil/tiny-draft; never models/), with the committed draft's tokenizer files and
+token_counts.json, plus a JSON report that evaluates the committed and the new draft with the
+same code (step 7, and a faster check of the same simulation on 128 long and 128 short
+held-out prompts, with the acceptance of speculative sampling at temperature 1). E.g.:
+
+    nice -n 10 python tools/train_pair.py --redistil-draft --threads 1 --gen-seqs 2048 \\
+        --gen-batch 128 --gen-prompt-min 4 --gen-share 0.75 --d-gen-batch 16 \\
+        --redistil-lr 5e-4 --minutes-draft 19
 """
 
 from __future__ import annotations
@@ -513,15 +528,33 @@ def train_target(a, target, draft, stream, seed) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def generate_target_data(a, target, stream: np.ndarray, seed: int) -> torch.Tensor:
+def generate_target_data(a, target, stream: np.ndarray, seed: int,
+                         rng_offset: int = 4) -> torch.Tensor:
     """Greedy continuations by the trained target of prompts drawn from the training stream:
     the prefixes the draft will face in greedy speculative decoding (sequence-level
-    distillation, as in DistillSpec, Zhou et al. 2023)."""
-    rng = np.random.default_rng(seed + 4)
+    distillation, as in DistillSpec, Zhou et al. 2023).
+
+    Every sequence has 1 + gen_prompt_len + gen_new tokens. With ``a.gen_prompt_min`` set,
+    each batch of ``a.gen_batch`` prompts gets its own random prompt length in
+    [gen_prompt_min, gen_prompt_len] and correspondingly more new tokens (same total length,
+    no padding): short prompts are what interactive use looks like, and the target's
+    continuation of little context differs from its continuation of a long one."""
+    rng = np.random.default_rng(seed + rng_offset)
+    p_min = getattr(a, "gen_prompt_min", None)
+    lens = []
+    if p_min is None:
+        lens = [a.gen_prompt_len] * a.gen_seqs
+    else:
+        if not 1 <= p_min <= a.gen_prompt_len:
+            sys.exit("error: --gen-prompt-min must be in [1, --gen-prompt-len]")
+        for i in range(0, a.gen_seqs, a.gen_batch):
+            n = min(a.gen_batch, a.gen_seqs - i)
+            lens += [int(rng.integers(p_min, a.gen_prompt_len + 1))] * n
     prompts = []
     while len(prompts) < a.gen_seqs:
-        s = int(rng.integers(0, len(stream) - a.gen_prompt_len))
-        ids = stream[s:s + a.gen_prompt_len].tolist()
+        plen = lens[len(prompts)]
+        s = int(rng.integers(0, len(stream) - plen))
+        ids = stream[s:s + plen].tolist()
         if BOS_ID in ids or EOS_ID in ids:
             continue
         prompts.append([BOS_ID] + ids)
@@ -530,8 +563,9 @@ def generate_target_data(a, target, stream: np.ndarray, seed: int) -> torch.Tens
     t_start = time.time()
     for i in range(0, len(prompts), a.gen_batch):
         inp = torch.tensor(prompts[i:i + a.gen_batch])
+        n_new = a.gen_new + a.gen_prompt_len - (inp.shape[1] - 1)
         res = target.generate(inp, attention_mask=torch.ones_like(inp), do_sample=False,
-                              max_new_tokens=a.gen_new, min_new_tokens=a.gen_new,
+                              max_new_tokens=n_new, min_new_tokens=n_new,
                               eos_token_id=None, pad_token_id=UNK_ID)
         out.append(res)
         log(f"generated {min(i + a.gen_batch, len(prompts))}/{len(prompts)} sequences "
@@ -539,11 +573,18 @@ def generate_target_data(a, target, stream: np.ndarray, seed: int) -> torch.Tens
     return torch.cat(out)
 
 
-def train_draft(a, target, draft, stream, seed, gen: torch.Tensor | None = None) -> dict[str, Any]:
-    """Distil the draft from the frozen target; with `gen`, every other step uses a batch of
-    the target's own greedy continuations instead of corpus text."""
+def train_draft(a, target, draft, stream, seed, gen: torch.Tensor | None = None,
+                peak_lr: float | None = None, gen_share: float = 0.5) -> dict[str, Any]:
+    """Distil the draft from the frozen target; with `gen`, a share `gen_share` of the steps
+    (evenly spread; 0.5 = every other step) uses a batch of the target's own greedy
+    continuations instead of corpus text. `peak_lr` defaults to --d-lr2. With --kd-hard the
+    cross-entropy term is taken against the target's argmax instead of the data's next token
+    (on the target's greedy continuations the two coincide)."""
+    if not 0.0 <= gen_share <= 1.0:
+        sys.exit("error: --gen-share must be in [0, 1]")
+    peak = a.d_lr2 if peak_lr is None else peak_lr
     rng = np.random.default_rng(seed + 2)
-    opt = make_optimizer(draft, a.d_lr2, a.wd)
+    opt = make_optimizer(draft, peak, a.wd)
     target.eval()
     draft.train()
     bud = StepBudget(a.draft_steps, a.minutes_draft)
@@ -555,10 +596,10 @@ def train_draft(a, target, draft, stream, seed, gen: torch.Tensor | None = None)
         tp.before(step)
         t0 = time.time()
         total = bud.horizon()
-        lr = lr_at(step, total, a.d_lr2, a.d_warmup2, floor=0.05)
+        lr = lr_at(step, total, peak, a.d_warmup2, floor=0.05)
         for g in opt.param_groups:
             g["lr"] = lr
-        on_gen = gen is not None and step % 2 == 1
+        on_gen = gen is not None and math.floor((step + 1) * gen_share) > math.floor(step * gen_share)
         if on_gen:
             xb = gen[torch.from_numpy(rng.integers(0, len(gen), size=a.d_gen_batch))]
         else:
@@ -567,7 +608,8 @@ def train_draft(a, target, draft, stream, seed, gen: torch.Tensor | None = None)
         with torch.no_grad():
             t_logits = target(input_ids=inp, use_cache=False).logits
         d_logits = draft(input_ids=inp, use_cache=False).logits
-        loss, ce, kl = kd_loss(d_logits, t_logits, tgt, a.kd_alpha, a.kd_temp)
+        ce_tgt = t_logits.argmax(-1) if getattr(a, "kd_hard", False) else tgt
+        loss, ce, kl = kd_loss(d_logits, t_logits, ce_tgt, a.kd_alpha, a.kd_temp)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(draft.parameters(), 1.0)
         opt.step()
@@ -589,6 +631,7 @@ def train_draft(a, target, draft, stream, seed, gen: torch.Tensor | None = None)
                 f"kl {float(kl):.3f}  argmax agree {agree:.3f}  lr {lr:.2e}  {el / 60:.1f} min")
     el = time.time() - t_start
     return {"steps": step, "tokens": n_tok, "tokens_on_target_generations": n_gen_tok,
+            "peak_lr": peak, "gen_share": gen_share if gen is not None else 0.0,
             "seconds": round(el, 1), "history": hist, "threads": tp.report()}
 
 
@@ -731,21 +774,72 @@ def simulate_speculative(target, draft, prompts: list[list[int]], n_new: int, km
         g = ids + greedy(target, ids, n_new)
         seqs.append(g)
         m = draft_match_lengths(draft, g, len(ids), kmax)
-        for k in range(1, kmax + 1):
-            i = 0
-            while i < n_new:
-                a = min(m[i], k, n_new - i - 1) if i < n_new - 1 else 0
-                per_k[k]["blocks"] += 1
-                per_k[k]["accepted"] += a
-                per_k[k]["emitted"] += a + 1
-                i += a + 1
+        accumulate_blocks(per_k, m, n_new)
+    return summarize_blocks(per_k), seqs
+
+
+def accumulate_blocks(per_k: dict[int, dict[str, int]], m: list[int], n_new: int) -> None:
+    """Adds the blocks of one sequence of n_new target tokens to `per_k`, given m[i] = leading
+    matches of the draft's proposal from the prefix before new token i."""
+    for k in per_k:
+        i = 0
+        while i < n_new:
+            a = min(m[i], k, n_new - i - 1) if i < n_new - 1 else 0
+            per_k[k]["blocks"] += 1
+            per_k[k]["accepted"] += a
+            per_k[k]["emitted"] += a + 1
+            i += a + 1
+
+
+def summarize_blocks(per_k: dict[int, dict[str, int]]) -> dict[str, Any]:
     res = {}
     for k, v in per_k.items():
         res[str(k)] = {"mean_tokens_per_block": round(v["emitted"] / v["blocks"], 4),
                        "mean_accepted_draft_tokens": round(v["accepted"] / v["blocks"], 4),
                        "acceptance_rate": round(v["accepted"] / (v["blocks"] * k), 4),
                        "blocks": v["blocks"]}
-    return res, seqs
+    return res
+
+
+@torch.no_grad()
+def speculative_from_forcing(target, draft, prompts: list[list[int]], n_new: int, kmax: int,
+                             bsz: int = 64) -> dict[str, Any]:
+    """simulate_speculative at scale: the draft's j-th greedy proposal from prefix g[:i] is
+    drafted from g[:i+j-1] whenever its first j-1 proposals were accepted, so the leading
+    matches m_i are the run of teacher-forced argmax matches of the draft on g starting at i;
+    one forward pass per sequence instead of one generate() per position. The target's
+    continuations are generated in batches of same-length prompts, so a near-tie can resolve
+    differently than at batch 1: a check of the recipe on many prompts, not the report's
+    reference numbers. Also reports the mean of sum_x min(p_target(x), p_draft(x)) over the
+    same positions: the per-token acceptance probability of speculative *sampling* at
+    temperature 1 (Leviathan et al. 2023), which a draft tuned for argmax agreement can lose."""
+    per_k = {k: {"blocks": 0, "emitted": 0, "accepted": 0} for k in range(1, kmax + 1)}
+    hits = n = 0
+    overlap = 0.0
+    for b in range(0, len(prompts), bsz):
+        group = prompts[b:b + bsz]
+        assert len({len(p) for p in group}) == 1, "one prompt length per batch"
+        inp = torch.tensor(group)
+        plen = inp.shape[1]
+        g = target.generate(inp, attention_mask=torch.ones_like(inp), do_sample=False,
+                            max_new_tokens=n_new, min_new_tokens=n_new, eos_token_id=None,
+                            pad_token_id=UNK_ID)
+        ld = draft(input_ids=g[:, :-1]).logits[:, plen - 1:].float()
+        lt = target(input_ids=g[:, :-1]).logits[:, plen - 1:].float()
+        overlap += float(torch.minimum(lt.softmax(-1), ld.softmax(-1)).sum(-1).sum())
+        hit = (ld.argmax(-1) == g[:, plen:])  # hit[:, j]: new token j drafted right
+        hits += int(hit.sum())
+        n += hit.numel()
+        for row in hit.tolist():
+            m, run = [0] * n_new, 0
+            for j in range(n_new - 1, -1, -1):
+                run = run + 1 if row[j] else 0
+                m[j] = min(run, kmax)
+            accumulate_blocks(per_k, m, n_new)
+    return {"prompts": len(prompts), "prompt_tokens": len(prompts[0]), "new_tokens": n_new,
+            "agreement_on_target_continuations": round(hits / n, 4),
+            "sampling_acceptance_t1": round(overlap / n, 4),
+            "per_k": summarize_blocks(per_k)}
 
 
 @torch.no_grad()
@@ -890,6 +984,180 @@ def eval_only(a) -> None:
     log(f"updated {path}")
 
 
+DRAFT_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+               "tokenizer_config.json", "token_counts.json")
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def fast_speculative_evals(a, tdir: Path, ddir: Path, test_stream: np.ndarray) -> dict[str, Any]:
+    """speculative_from_forcing on --fast-eval-prompts held-out prompts of --sim-prompt-len
+    tokens (the first --sim-prompts of them are evaluate()'s prompts) and as many of
+    --fast-eval-short-len tokens (closer to interactive prompts)."""
+    if a.fast_eval_prompts <= 0:
+        return {}
+    target, draft = load_saved(tdir, True), load_saved(ddir, False)
+    rep = {}
+    for name, plen, seed in (("long_prompts", a.sim_prompt_len, a.seed),
+                             ("short_prompts", a.fast_eval_short_len, a.seed + 10)):
+        prompts = sim_prompts(test_stream, a.fast_eval_prompts, plen, seed)
+        r = speculative_from_forcing(target, draft, prompts, a.sim_new, 8)
+        rep[name] = r
+        log(f"{ddir.name} fast check, {name} ({len(prompts)} x {plen + 1} tokens): agreement "
+            f"{r['agreement_on_target_continuations']:.4f}, sampling acceptance (T=1) "
+            f"{r['sampling_acceptance_t1']:.4f}, acceptance k=1..8 "
+            + " ".join(f"{v['acceptance_rate']:.3f}" for v in r["per_k"].values()))
+    return rep
+
+
+def export_draft_only(draft, src: Path, out: Path) -> dict[str, Any]:
+    """Writes the draft in bf16 to `out` (the committed draft's format), with the tokenizer
+    files and token_counts.json copied from `src`; checks that config.json and
+    generation_config.json equal the committed ones and that the tensors have the committed
+    names, shapes and dtype."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    draft = draft.to(torch.bfloat16)
+    draft.config.dtype = torch.bfloat16
+    gc = draft.generation_config
+    gc.bos_token_id, gc.eos_token_id, gc.pad_token_id = BOS_ID, EOS_ID, None
+    draft.save_pretrained(str(out))
+    draft.to(torch.float32)
+    for f in ("tokenizer.json", "tokenizer_config.json", "token_counts.json"):
+        shutil.copyfile(src / f, out / f)
+    for f in out.iterdir():
+        f.chmod(0o644)
+    assert sorted(f.name for f in out.iterdir()) == sorted(DRAFT_FILES), list(out.iterdir())
+    for f in ("config.json", "generation_config.json"):
+        new, old = json.loads((out / f).read_text()), json.loads((src / f).read_text())
+        assert new == old, (f, {k: (old.get(k), new.get(k)) for k in set(old) | set(new)
+                                if old.get(k) != new.get(k)})
+    shapes = {}
+    for d in (src, out):
+        with safe_open(str(d / "model.safetensors"), "pt") as sf:
+            shapes[d] = {k: (sf.get_slice(k).get_dtype(), tuple(sf.get_slice(k).get_shape()))
+                         for k in sf.keys()}
+    assert shapes[src] == shapes[out], "tensor names/shapes/dtypes differ from the committed draft"
+    return {"tensors": len(shapes[out]), "same_names_shapes_dtypes_as_committed": True,
+            "config_equal_to_committed": True, "bytes": dir_size(out),
+            "model_sha256": sha256_file(out / "model.safetensors")}
+
+
+def redistil_draft(a) -> None:
+    """Continue distilling the committed draft from the committed (frozen) target and export
+    only the draft to --draft-out, with a JSON report next to it (--redistil-report).
+
+    Same corpus split and the committed tokenizer (not retrained); a fresh set of the target's
+    greedy continuations (--gen-seqs, prompts drawn with a different seed than the committed
+    run's, optionally of varying length: --gen-prompt-min); --gen-share of the steps on them;
+    a fresh AdamW and cosine schedule peaking at --redistil-lr, for --minutes-draft (or
+    --draft-steps). The committed draft (unless --no-baseline-eval) and the new one are
+    evaluated by the same evaluate() as a normal run, plus fast_speculative_evals()."""
+    tdir, sdir = a.out_dir / "tiny-mixtral", a.out_dir / "tiny-draft"
+    out = a.draft_out
+    rpath = a.redistil_report or out.parent / f"{out.name}.report.json"
+    for d in (tdir, sdir):
+        for f in ("config.json", "model.safetensors", "tokenizer.json"):
+            if not (d / f).is_file():
+                sys.exit(f"error: {d / f} not found")
+    if out.resolve() in (tdir.resolve(), sdir.resolve(), a.out_dir.resolve()):
+        sys.exit(f"error: --draft-out {out} would overwrite a committed model; write elsewhere "
+                 f"and copy after checking the report")
+    if out.exists() and not (out.is_dir() and {f.name for f in out.iterdir()} <= set(DRAFT_FILES)):
+        sys.exit(f"error: --draft-out {out} exists and is not a draft directory")
+    if (tdir / "tokenizer.json").read_bytes() != (sdir / "tokenizer.json").read_bytes():
+        sys.exit("error: the committed target and draft have different tokenizers")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(a.seed)
+    np.random.seed(a.seed)
+    report: dict[str, Any] = {
+        "mode": "redistil-draft",
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
+        "versions": versions(),
+        "start": {"target": str(tdir), "draft": str(sdir),
+                  "target_model_sha256": sha256_file(tdir / "model.safetensors"),
+                  "draft_model_sha256": sha256_file(sdir / "model.safetensors")},
+    }
+
+    docs = extract_corpus(a.doc_root)
+    train_docs, test_docs = split_docs(docs, a.seed, a.heldout_frac)
+    tok = Tokenizer.from_file(str(tdir / "tokenizer.json"))
+    train_stream = encode_docs(tok, [t for _, t in train_docs])
+    test_stream = encode_docs(tok, [t for _, t in test_docs])
+    report["corpus"] = {"train_tokens": int(len(train_stream)), "heldout_tokens": int(len(test_stream)),
+                        "heldout_pages": [n for n, _ in test_docs]}
+    committed = a.out_dir / "train_report.json"
+    if committed.exists():
+        c = json.loads(committed.read_text()).get("corpus", {})
+        same = (c.get("train_tokens"), c.get("heldout_tokens")) == (len(train_stream), len(test_stream))
+        report["corpus"]["matches_committed_run"] = same
+        if not same:
+            log(f"warning: token counts differ from {committed} (different corpus or --seed?)")
+    log(f"corpus: train {len(train_stream)} tokens, held-out {len(test_stream)} tokens")
+
+    if a.baseline_eval:
+        t_eval = time.time()
+        report["baseline_committed_draft"] = evaluate(a, tdir, sdir, test_stream, tok)
+        report["baseline_committed_draft"]["fast_check"] = fast_speculative_evals(a, tdir, sdir, test_stream)
+        report["baseline_eval_seconds"] = round(time.time() - t_eval, 1)
+
+    target = load_saved(tdir, True)  # bf16 weights in float32: the target as shipped
+    for p in target.parameters():
+        p.requires_grad_(False)
+    draft = load_saved(sdir, False)
+    for p in draft.parameters():
+        p.requires_grad_(True)
+
+    gen = None
+    if a.gen_seqs > 0:
+        t_gen = time.time()
+        key = {"target_model_sha256": report["start"]["target_model_sha256"], "seed": a.seed,
+               "gen_seqs": a.gen_seqs, "gen_prompt_len": a.gen_prompt_len,
+               "gen_prompt_min": a.gen_prompt_min, "gen_new": a.gen_new, "gen_batch": a.gen_batch}
+        cached = None
+        if a.gen_cache is not None and a.gen_cache.exists():
+            obj = torch.load(a.gen_cache)
+            if obj.get("key") == key:
+                cached = obj["gen"]
+                log(f"loaded {cached.shape[0]} target continuations from {a.gen_cache}")
+            else:
+                log(f"{a.gen_cache} was made with other settings; regenerating")
+        gen = cached if cached is not None else generate_target_data(a, target, train_stream, a.seed, 5)
+        if a.gen_cache is not None and cached is None:
+            a.gen_cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"key": key, "gen": gen}, a.gen_cache)
+        report["target_generations"] = {
+            "sequences": int(gen.shape[0]), "tokens_per_sequence": int(gen.shape[1]),
+            "prompt_tokens": (f"{a.gen_prompt_min + 1}..{a.gen_prompt_len + 1}"
+                              if a.gen_prompt_min is not None else a.gen_prompt_len + 1),
+            "decoding": "greedy", "prompts": "random windows of the training split (seed + 5)",
+            "from_cache": cached is not None, "seconds": round(time.time() - t_gen, 1)}
+
+    report["draft_training"] = train_draft(a, target, draft, train_stream, a.seed + 5, gen,
+                                           peak_lr=a.redistil_lr, gen_share=a.gen_share)
+    report["draft_training"]["loss"] = (
+        f"{a.kd_alpha} * T^2 * KL(target_T || draft_T) + {1 - a.kd_alpha:g} * CE against "
+        f"{'the target argmax' if a.kd_hard else 'the next token'}, T = {a.kd_temp}")
+    log(f"draft done: {report['draft_training']['steps']} steps, "
+        f"{report['draft_training']['seconds'] / 60:.1f} min")
+    draft.eval()
+    report["export"] = export_draft_only(draft, sdir, out)
+    log(f"exported {out} ({report['export']['bytes'] / 1e6:.1f} MB)")
+    del target, draft
+
+    t_eval = time.time()
+    report.update(evaluate(a, tdir, out, test_stream, tok))
+    report["fast_check"] = fast_speculative_evals(a, tdir, out, test_stream)
+    report["eval_seconds"] = round(time.time() - t_eval, 1)
+    report["total_seconds"] = round(time.time() - T0, 1)
+    write_json(rpath, report)
+    rpath.chmod(0o644)
+    log(f"wrote {rpath}")
+
+
 def versions() -> dict[str, str]:
     return {"python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
@@ -961,6 +1229,37 @@ def main() -> None:
     ap.add_argument("--counts-only", action="store_true",
                     help="only re-write <out-dir>/tiny-draft/token_counts.json (the token "
                          "frequencies that rank the draft's vocabulary)")
+    # continued distillation of the committed draft
+    ap.add_argument("--gen-share", type=float, default=0.5,
+                    help="share of distillation steps on the target's continuations (0.5: "
+                         "every other step, the committed recipe)")
+    ap.add_argument("--gen-prompt-min", type=int, default=None,
+                    help="vary the prompt length of the target's continuations per batch in "
+                         "[this, --gen-prompt-len] (same total length); default: fixed")
+    ap.add_argument("--kd-hard", action="store_true",
+                    help="take the distillation's cross-entropy term against the target's "
+                         "argmax instead of the data's next token")
+    ap.add_argument("--redistil-draft", action="store_true",
+                    help="continue distilling the committed <out-dir>/tiny-draft from the frozen "
+                         "<out-dir>/tiny-mixtral (fresh target continuations, --gen-share, "
+                         "--redistil-lr, --minutes-draft or --draft-steps) and export only the "
+                         "draft to --draft-out; models/ is not written")
+    ap.add_argument("--draft-out", type=Path, default=Path("/tmp/redistil/tiny-draft"),
+                    help="output directory of --redistil-draft (replaced if it holds a draft)")
+    ap.add_argument("--redistil-report", type=Path, default=None,
+                    help="JSON report of --redistil-draft (default: <draft-out>.report.json)")
+    ap.add_argument("--redistil-lr", type=float, default=5e-4,
+                    help="peak LR of --redistil-draft's fresh cosine schedule (warm-up "
+                         "--d-warmup2 steps, floor 5 %%)")
+    ap.add_argument("--gen-cache", type=Path, default=None,
+                    help="--redistil-draft: load the target's continuations from this file if it "
+                         "was written with the same settings, else generate and save them")
+    ap.add_argument("--no-baseline-eval", dest="baseline_eval", action="store_false",
+                    help="--redistil-draft: skip evaluating the committed draft")
+    ap.add_argument("--fast-eval-prompts", type=int, default=128,
+                    help="--redistil-draft: prompts per fast speculative check (0: none)")
+    ap.add_argument("--fast-eval-short-len", type=int, default=8,
+                    help="--redistil-draft: tokens of the short prompts of the fast check")
     a = ap.parse_args()
 
     if a.threads not in ("1", "2", "auto") and not a.threads.isdigit():
@@ -973,6 +1272,9 @@ def main() -> None:
         return
     if a.counts_only:
         counts_only(a)
+        return
+    if a.redistil_draft:
+        redistil_draft(a)
         return
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(a.seed)
