@@ -5,14 +5,17 @@
 //! `n` tokens (env `NS=1,2,4`, default 1..=9) after a context of CONTEXT positions (default
 //! 96), the median time of a target step, its ratio to the first block size, and the same
 //! for the draft. Every repetition feeds other tokens, so that the routing (and the experts
-//! read) changes as in a real decode. `DRAFT_ONLY=1` times the draft alone (for profiling).
+//! read) changes as in a real decode. The target computes logits for every row (as a
+//! verification step does), the draft for the last row over its `--draft-vocab auto` head
+//! (as a drafting step does). `DRAFT_ONLY=1` times the draft alone (for profiling).
 
 use specmoe::model::{LogitRows, Model, SeqStep};
+use specmoe::speculative::vocab::DraftVocab;
 use specmoe_cpu_kernels::DType;
 use std::time::Instant;
 
 /// Median seconds of a step of each block size in `ns`, at `ctx` positions of context.
-fn step_times(m: &Model, ctx: usize, ns: &[usize], reps: usize) -> Vec<f64> {
+fn step_times(m: &Model, ctx: usize, ns: &[usize], reps: usize, rows: LogitRows) -> Vec<f64> {
     let mut cache = m.new_cache();
     let prompt: Vec<u32> = (0..ctx as u32).map(|i| 5 + (i * 37) % 4000).collect();
     m.forward(
@@ -36,7 +39,7 @@ fn step_times(m: &Model, ctx: usize, ns: &[usize], reps: usize) -> Vec<f64> {
                 &mut [SeqStep {
                     tokens: &block,
                     cache: &mut cache,
-                    logits: LogitRows::All,
+                    logits: rows,
                 }],
                 false,
             )
@@ -64,14 +67,18 @@ fn main() {
         .build()
         .expect("pool");
     let target = Model::load(&specmoe::bundled_model_dir(), DType::F32).expect("target");
-    let draft = Model::load(&specmoe::bundled_draft_dir(), DType::F32).expect("draft");
+    let dir = specmoe::bundled_draft_dir();
+    let mut draft = Model::load(&dir, DType::F32).expect("draft");
+    // As `--draft-vocab auto` runs it: the LM head over the most frequent quarter.
+    specmoe::speculative::vocab::apply(&mut draft, &dir, DraftVocab::Auto).expect("draft vocab");
     pool.install(|| {
         let t = if only_draft {
             Vec::new()
         } else {
-            step_times(&target, ctx, &ns, 301)
+            step_times(&target, ctx, &ns, 301, LogitRows::All)
         };
-        let d = step_times(&draft, ctx, &ns, if only_draft { 5001 } else { 301 });
+        let reps = if only_draft { 5001 } else { 301 };
+        let d = step_times(&draft, ctx, &ns, reps, LogitRows::Last(1));
         println!("threads {threads}, context {ctx}");
         println!("n  target_us  ratio  draft_us  draft/target");
         for (i, &n) in ns.iter().enumerate() {

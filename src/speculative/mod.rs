@@ -22,6 +22,7 @@ use crate::sampling::Sampler;
 use accept::Next;
 use draft::{DraftSeq, Drafted};
 use serde::Serialize;
+use specmoe_cpu_kernels::parallel::on_this_thread;
 use std::time::Instant;
 
 /// Largest draft length `k` used (also the cap of `--draft-len auto`).
@@ -399,7 +400,13 @@ fn spec_on_worker(
             }
             let mut run_t = || target.forward(&mut tsteps, false);
             if ahead_counts.iter().any(|&c| c > 0) {
-                let run_d = || draft::draft_batch(draft, &mut ds, &ahead_first, &ahead_counts);
+                // The draft chain stays on its worker: were one of its kernels to fork, the
+                // worker could end up running target tasks while the short chain waits.
+                let run_d = || {
+                    on_this_thread(|| {
+                        draft::draft_batch(draft, &mut ds, &ahead_first, &ahead_counts)
+                    })
+                };
                 let (t, d) = rayon::join(run_t, run_d);
                 (t?, d?)
             } else {
