@@ -148,7 +148,7 @@ type Entry = (String, DType, Vec<usize>, usize, usize);
 /// Whether [`aligned_copy`] applies to a file of `file_len` bytes mapped at `base`: small
 /// enough, and some tensor does not start on a cache line.
 fn aligned_copy_pays(file_len: usize, base: usize, entries: &[Entry]) -> bool {
-    file_len <= ALIGNED_COPY_MAX_BYTES && entries.iter().any(|e| (base + e.3) % 64 != 0)
+    file_len <= ALIGNED_COPY_MAX_BYTES && entries.iter().any(|e| !(base + e.3).is_multiple_of(64))
 }
 
 /// The tensors of `mmap` copied into one owned buffer, each starting at a multiple of 64
