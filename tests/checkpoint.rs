@@ -15,7 +15,7 @@ fn small_checkpoint_tensors_are_cache_line_aligned_and_unchanged() {
     let misaligned = st.tensors().iter().any(|(_, v)| {
         let off = v.data().as_ptr() as usize - file.as_ptr() as usize;
         assert!(off >= header);
-        off % 64 != 0
+        !off.is_multiple_of(64)
     });
     assert!(misaligned, "fixture has no misaligned tensor; pick another");
     let store = load_tensors(&dir).expect("load");
