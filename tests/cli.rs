@@ -18,6 +18,18 @@ fn specmoe(args: &[&str]) -> (String, String) {
     (so, se)
 }
 
+/// Runs specmoe with `args`, expecting it to fail: whether it succeeded, and its stderr.
+fn specmoe_stderr(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_specmoe"))
+        .args(args)
+        .output()
+        .expect("run specmoe");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
 #[test]
 fn generate_json_matches_reference_greedy() {
     let r = reference("mixtral");
@@ -269,21 +281,17 @@ fn mismatched_draft_tokenizer_is_refused() {
     let id = vocab.remove(&key).unwrap();
     vocab.insert(format!("{key}X"), id);
     std::fs::write(&p, v.to_string()).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_specmoe"))
-        .args([
-            "generate",
-            "--model",
-            fixture("mixtral").to_str().unwrap(),
-            "--token-ids",
-            "1,5",
-            "--draft",
-            d.path().to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (ok, err) = specmoe_stderr(&[
+        "generate",
+        "--model",
+        fixture("mixtral").to_str().unwrap(),
+        "--token-ids",
+        "1,5",
+        "--draft",
+        d.path().to_str().unwrap(),
+    ]);
     assert!(
-        !out.status.success() && err.contains("tokenizer") && !err.contains("panicked"),
+        !ok && err.contains("tokenizer") && !err.contains("panicked"),
         "{err}"
     );
 }
@@ -334,18 +342,14 @@ fn bench_with_a_draft_reports_each_draft_length_over_rounds() {
 
 #[test]
 fn bench_refuses_zero_rounds() {
-    let out = Command::new(env!("CARGO_BIN_EXE_specmoe"))
-        .args([
-            "bench",
-            "--model",
-            fixture("mixtral").to_str().unwrap(),
-            "--repeat",
-            "0",
-        ])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("--repeat"), "{err}");
+    let (ok, err) = specmoe_stderr(&[
+        "bench",
+        "--model",
+        fixture("mixtral").to_str().unwrap(),
+        "--repeat",
+        "0",
+    ]);
+    assert!(!ok && err.contains("--repeat"), "{err}");
 }
 
 #[test]
@@ -388,23 +392,19 @@ fn draft_vocab_flag_restricts_the_bundled_draft_head() {
         (fixture("llama"), "16", "token_counts.json"),
         (model.join("tiny-draft"), "zero", "--draft-vocab"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_specmoe"))
-            .args([
-                "generate",
-                "--model",
-                fixture("mixtral").to_str().unwrap(),
-                "--draft",
-                draft.to_str().unwrap(),
-                "--draft-vocab",
-                vocab,
-                "--token-ids",
-                "1,2,3",
-                "--max-new-tokens",
-                "2",
-            ])
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && err.contains(want), "{err}");
+        let (ok, err) = specmoe_stderr(&[
+            "generate",
+            "--model",
+            fixture("mixtral").to_str().unwrap(),
+            "--draft",
+            draft.to_str().unwrap(),
+            "--draft-vocab",
+            vocab,
+            "--token-ids",
+            "1,2,3",
+            "--max-new-tokens",
+            "2",
+        ]);
+        assert!(!ok && err.contains(want), "{err}");
     }
 }
