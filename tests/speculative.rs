@@ -10,7 +10,8 @@ use specmoe::model::{LogitRows, Model, SeqStep};
 use specmoe::sampling::SamplingParams;
 use specmoe::speculative::vocab::{self, DraftVocab};
 use specmoe::speculative::{
-    generate_speculative, generate_speculative_with, DraftLen, SpecOptions, SpecStats,
+    generate_speculative, generate_speculative_with, parse_serial_draft_len, serial_draft_len,
+    DraftLen, SpecOptions, SpecStats,
 };
 use specmoe_cpu_kernels::DType;
 
@@ -76,6 +77,7 @@ fn spec_one(
     let opts = SpecOptions {
         draft_len: dl,
         overlap,
+        serial_draft_len: None,
     };
     let (out, _, st) =
         generate_speculative_with(target, draft, std::slice::from_ref(req), opts, |_, _| {})
@@ -137,22 +139,60 @@ fn target_as_its_own_draft_accepts_everything() {
     let target = load("mixtral");
     let r = reference("mixtral");
     let req = greedy(&r.input_ids, 25, vec![]);
-    for overlap in [false, true] {
-        let (out, st) = spec_one(&target, &target, &req, DraftLen::Fixed(4), overlap);
+    // 1 token from prefill, then 24 in steps of k + 1 = 5: k = 4 drafts and the bonus token
+    // (with overlap: the offered next draft token instead). With overlap every step after
+    // the first takes the block drafted during the last, and the first block, drafted
+    // serially, has at most 3 drafts by default (4 tokens, then 4 overlapped steps of 5:
+    // 5 steps). Capped at 1 it has 1 draft: 2 tokens, then 4 overlapped steps of 5, then
+    // the last 2 from one more overlapped step (6 steps).
+    for (overlap, cap, steps, overlapped) in [
+        (false, None, 5, 0),
+        (true, None, 5, 4),
+        (true, Some(1), 6, 5),
+    ] {
+        let opts = SpecOptions {
+            draft_len: DraftLen::Fixed(4),
+            overlap,
+            serial_draft_len: cap,
+        };
+        let (out, _, st) = generate_speculative_with(
+            &target,
+            &target,
+            std::slice::from_ref(&req),
+            opts,
+            |_, _| {},
+        )
+        .unwrap();
         assert_eq!(out[0].output_ids[..], r.greedy_ids[..25]);
         assert_eq!(
             st.accepted, st.proposed,
             "a draft equal to the target must be fully accepted"
         );
-        // 1 token from prefill, then 24 in steps of k+1 = 5 (with overlap: 4 drafts and the
-        // offered next draft token instead of the bonus token).
-        assert_eq!(st.target_steps, 5);
-        // With overlap every step after the first takes the block drafted during the last.
         assert_eq!(
-            st.overlap_steps,
-            if overlap { 4 } else { 0 },
-            "overlap {overlap}"
+            st.target_steps, steps,
+            "overlap {overlap}, serial cap {cap:?}"
         );
+        assert_eq!(
+            st.overlap_steps, overlapped,
+            "overlap {overlap}, serial cap {cap:?}"
+        );
+    }
+}
+
+#[test]
+fn serial_draft_len_rule_and_flag() {
+    // At most 3 with overlap, k without; a cap is clamped to 1..=k.
+    assert_eq!(serial_draft_len(6, true, None), 3);
+    assert_eq!(serial_draft_len(2, true, None), 2);
+    assert_eq!(serial_draft_len(1, true, None), 1);
+    assert_eq!(serial_draft_len(6, false, None), 6);
+    assert_eq!(serial_draft_len(6, true, Some(8)), 6);
+    assert_eq!(serial_draft_len(6, false, Some(2)), 2);
+    assert_eq!(parse_serial_draft_len("auto").unwrap(), None);
+    assert_eq!(parse_serial_draft_len(" 5 ").unwrap(), Some(5));
+    for bad in ["0", "17", "half", ""] {
+        let e = parse_serial_draft_len(bad).unwrap_err().to_string();
+        assert!(e.contains("--serial-draft-len"), "{bad}: {e}");
     }
 }
 
@@ -171,6 +211,7 @@ fn mixed_batch_finishes_independently() {
         let opts = SpecOptions {
             draft_len: DraftLen::Fixed(5),
             overlap,
+            serial_draft_len: None,
         };
         let emitted = std::sync::Mutex::new(vec![Vec::new(); reqs.len()]);
         let (spec, _, _) = generate_speculative_with(&target, &draft, &reqs, opts, |i, t| {
@@ -391,6 +432,7 @@ fn speculative_sampling_follows_the_target_distribution() {
         let opts = SpecOptions {
             draft_len: DraftLen::Fixed(dl),
             overlap,
+            serial_draft_len: None,
         };
         let spec = sample_positions(
             &target,

@@ -9,7 +9,9 @@ use serde::Serialize;
 use specmoe::engine::{generate, GenRequest, GenStats};
 use specmoe::model::Model;
 use specmoe::sampling::SamplingParams;
-use specmoe::speculative::{generate_speculative_with, DraftLen, SpecOptions, SpecStats};
+use specmoe::speculative::{
+    generate_speculative_with, parse_serial_draft_len, DraftLen, SpecOptions, SpecStats,
+};
 use specmoe::synthetic;
 use specmoe_cpu_kernels::{dispatch, DType};
 use std::path::PathBuf;
@@ -102,6 +104,11 @@ pub struct BenchArgs {
     /// Draft the next block while the target verifies this one (auto: with ≥ 2 threads).
     #[arg(long, value_enum, default_value_t = DraftOverlap::Auto, requires = "draft")]
     draft_overlap: DraftOverlap,
+    /// Longest block drafted serially (at the start and after a rejection, when no block
+    /// was drafted during the last verification): a number, or `auto` (at most 3 with
+    /// overlap, k without).
+    #[arg(long, default_value = "auto", requires = "draft")]
+    serial_draft_len: String,
     /// Draft LM head: `auto` (the most frequent quarter of the vocabulary when the draft
     /// has token_counts.json, FR-Spec), `all`, or a number of most frequent tokens.
     #[arg(long, default_value = "auto", requires = "draft")]
@@ -284,6 +291,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         (Some(ddir), Some(mdir)) => Some(load_draft(&model, mdir, &ddir, &a.run, &a.draft_vocab)?),
         _ => None,
     };
+    let serial_draft_len = parse_serial_draft_len(&a.serial_draft_len)?;
     let lens: Vec<(String, DraftLen)> = if draft.is_some() {
         a.draft_len
             .split(',')
@@ -305,6 +313,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let opts = SpecOptions {
             draft_len: *dl,
             overlap: a.draft_overlap.enabled(),
+            serial_draft_len,
         };
         generate_speculative_with(&model, d, &reqs, opts, |_, _| {})?;
     }
@@ -318,6 +327,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let opts = SpecOptions {
                 draft_len: *dl,
                 overlap: a.draft_overlap.enabled(),
+                serial_draft_len,
             };
             let (out, s, sp) = generate_speculative_with(&model, d, &reqs, opts, |_, _| {})?;
             let identical = out

@@ -9,7 +9,9 @@ use serde_json::json;
 use specmoe::checkpoint::GenerationConfig;
 use specmoe::engine::{generate, GenRequest};
 use specmoe::sampling::SamplingParams;
-use specmoe::speculative::{generate_speculative_with, DraftLen, SpecOptions, SpecStats};
+use specmoe::speculative::{
+    generate_speculative_with, parse_serial_draft_len, DraftLen, SpecOptions, SpecStats,
+};
 use specmoe::tokenizer::{StreamDecoder, Tokenizer};
 use std::io::Write;
 use std::path::PathBuf;
@@ -63,13 +65,18 @@ pub struct GenerateArgs {
     #[arg(long, num_args = 0..=1, default_missing_value = BUNDLED_DRAFT)]
     draft: Option<PathBuf>,
     /// Draft length k: tokens proposed per step, or `auto` to pick it every step from the
-    /// measured acceptance and step times (default 4: with the bundled pair on two threads,
-    /// within 6 % of the best fixed k (6) at batch 1 and the best at batch 4).
-    #[arg(long, default_value = "4", requires = "draft")]
+    /// measured acceptance and step times (default 6: with the bundled pair on two threads,
+    /// the best fixed k at batch 1 and tied with k = 4 at batch 4).
+    #[arg(long, default_value = "6", requires = "draft")]
     draft_len: String,
     /// Draft the next block while the target verifies this one (auto: with ≥ 2 threads).
     #[arg(long, value_enum, default_value_t = DraftOverlap::Auto, requires = "draft")]
     draft_overlap: DraftOverlap,
+    /// Longest block drafted serially (at the start and after a rejection, when no block
+    /// was drafted during the last verification): a number, or `auto` (at most 3 with
+    /// overlap, k without).
+    #[arg(long, default_value = "auto", requires = "draft")]
+    serial_draft_len: String,
     /// Draft LM head: `auto` (the most frequent quarter of the vocabulary when the draft
     /// has token_counts.json, FR-Spec), `all`, or a number of most frequent tokens.
     #[arg(long, default_value = "auto", requires = "draft")]
@@ -126,6 +133,7 @@ fn read_jsonl(path: &PathBuf) -> Result<Vec<String>> {
 pub fn run(a: GenerateArgs) -> Result<()> {
     validate(&a)?;
     let draft_len = DraftLen::parse(&a.draft_len)?;
+    let serial_draft_len = parse_serial_draft_len(&a.serial_draft_len)?;
     let dir = model_dir(&a.model);
     let model = load_model(&dir, &a.run)?;
     let draft = match draft_dir(&a.draft) {
@@ -186,6 +194,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             let opts = SpecOptions {
                 draft_len,
                 overlap: a.draft_overlap.enabled(),
+                serial_draft_len,
             };
             let (o, s, sp) = generate_speculative_with(&model, d, &reqs, opts, on_token)?;
             (o, s, Some(sp))

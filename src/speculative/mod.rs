@@ -65,7 +65,8 @@ impl DraftLen {
 pub struct SpecStats {
     /// `k` of the last step (fixed `k`, or where `auto` ended).
     pub draft_len: usize,
-    /// Mean `k` over target steps.
+    /// Mean `k` over target steps (the step's `k`; blocks drafted serially can be
+    /// shorter, see [`serial_draft_len`]).
     pub mean_draft_len: f64,
     /// Draft tokens proposed, over all sequences.
     pub proposed: usize,
@@ -133,6 +134,48 @@ pub struct SpecOptions {
     pub draft_len: DraftLen,
     /// Draft the next block while the target verifies this one (see the module docs).
     pub overlap: bool,
+    /// Cap on a block drafted *serially* — at the start and after a rejection, when no
+    /// block was drafted during the last verification. `None`: the default of
+    /// [`serial_draft_len`].
+    pub serial_draft_len: Option<usize>,
+}
+
+/// Parses `--serial-draft-len`: `auto` (`None`, the default of [`serial_draft_len`])
+/// or a number in `1..=MAX_DRAFT_LEN`.
+///
+/// Errors: anything else.
+pub fn parse_serial_draft_len(s: &str) -> Result<Option<usize>> {
+    match s.trim() {
+        "auto" => Ok(None),
+        t => match t.parse::<usize>() {
+            Ok(n) if (1..=MAX_DRAFT_LEN).contains(&n) => Ok(Some(n)),
+            _ => Err(Error::Input(format!(
+                "--serial-draft-len: expected a number in 1..={MAX_DRAFT_LEN} or 'auto', got '{s}'"
+            ))),
+        },
+    }
+}
+
+/// Default cap on a block drafted serially while overlapping ([`serial_draft_len`]).
+pub const SERIAL_DRAFT_LEN: usize = 3;
+
+/// Draft length of a block drafted serially (on the critical path) when the step's `k`
+/// is `k`: `cap` when given (clamped to `1..=k`); otherwise, with overlap,
+/// `min(k, SERIAL_DRAFT_LEN)`, and `k` without.
+///
+/// With overlap, a block drafted during the verification costs the verification step only
+/// part of its draft time (the draft runs on one core beside it), while a serial block
+/// costs all of it before the verification can start, so serial blocks pay to be shorter.
+/// Measured on the bundled pair (2 threads, batch 1, side by side): a cap of 3 was the
+/// best or tied for k = 4, 5, 6 and 8 (against caps of 2, 4 and k), and k = 6 with serial
+/// blocks of 3 was 4–10 % faster than with serial blocks of 6; halving k instead cost
+/// 10–17 % at k = 3 and 4.
+pub fn serial_draft_len(k: usize, overlap: bool, cap: Option<usize>) -> usize {
+    match cap {
+        Some(c) => c.clamp(1, k.max(1)),
+        None if overlap => k.min(SERIAL_DRAFT_LEN),
+        None => k,
+    }
 }
 
 struct Seq {
@@ -174,6 +217,7 @@ pub fn generate_speculative(
     let opts = SpecOptions {
         draft_len,
         overlap: rayon::current_num_threads() >= 2,
+        serial_draft_len: None,
     };
     generate_speculative_with(target, draft, reqs, opts, on_token)
 }
@@ -294,7 +338,16 @@ fn spec_on_worker(
         }
         let ks: Vec<usize> = live
             .iter()
-            .map(|&i| seqs[i].next_k(&reqs[i], k, ctx, 0))
+            .map(|&i| {
+                // A block drafted during the last verification keeps `k`; one drafted now
+                // is on the critical path.
+                let kk = if seqs[i].ahead.is_some() {
+                    k
+                } else {
+                    serial_draft_len(k, opts.overlap, opts.serial_draft_len)
+                };
+                seqs[i].next_k(&reqs[i], kk, ctx, 0)
+            })
             .collect();
         // Draft phase: sequences whose drafts were made during the last verification take
         // them (cut to this step's k); the others draft now, batched.
