@@ -380,7 +380,8 @@ fn spec_on_worker(
                 }
             })
             .collect();
-        if need.iter().any(|&c| c > 0) {
+        let serial_step = need.iter().any(|&c| c > 0);
+        if serial_step {
             let first: Vec<Vec<u32>> = live.iter().map(|&i| seqs[i].dpending.clone()).collect();
             let made = {
                 let mut ds: Vec<DraftSeq<'_>> = live_iter_mut(&mut seqs, &live)
@@ -542,10 +543,18 @@ fn spec_on_worker(
             );
         }
         if let Some(a) = auto.as_mut() {
-            // The step's real block (an overlapped block can be shorter than `k`).
+            // The step's real block (an overlapped block can be shorter than `k`). With
+            // overlap, a step that drafted serially had its block capped and paid for its
+            // drafting: its time is not that of a `kd` step in the steady state (blocks
+            // drafted ahead), so only its acceptance is used.
             let kd = drafts.iter().map(|d| d.tokens.len()).max().unwrap_or(0);
+            let seconds = if opts.overlap && serial_step {
+                None
+            } else {
+                Some(td.elapsed().as_secs_f64())
+            };
             if kd > 0 {
-                a.observe(kd, spec.accepted - acc0, trials, td.elapsed().as_secs_f64());
+                a.observe(kd, spec.accepted - acc0, trials, seconds);
             }
             k = a.k();
         }

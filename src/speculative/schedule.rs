@@ -120,9 +120,10 @@ impl AutoDraftLen {
 
     /// Records a step run with draft length `k`: `accepted` of `trials` tested draft tokens
     /// (all sequences; a sequence's drafts up to and including its first rejection are
-    /// tested, those after it are not) were accepted and the step took `seconds`; picks the
-    /// next step's `k`.
-    pub fn observe(&mut self, k: usize, accepted: usize, trials: usize, seconds: f64) {
+    /// tested, those after it are not) were accepted and the step took `seconds` (`None`:
+    /// a step whose time says nothing about `k`, such as one whose block was drafted
+    /// serially under a cap, [`super::serial_draft_len`]); picks the next step's `k`.
+    pub fn observe(&mut self, k: usize, accepted: usize, trials: usize, seconds: Option<f64>) {
         self.accepted = self.accepted * DECAY + accepted as f64;
         self.trials = self.trials * DECAY + trials as f64;
         for s in self.steps.iter_mut() {
@@ -130,9 +131,9 @@ impl AutoDraftLen {
             s.1 *= DECAY;
         }
         // The first steps pay one-time costs (caches, KV growth): their times are not fitted.
-        if self.n >= WARMUP_STEPS {
+        if let (true, Some(sec)) = (self.n >= WARMUP_STEPS, seconds) {
             let s = &mut self.steps[k.clamp(1, self.max)];
-            s.0 += seconds;
+            s.0 += sec;
             s.1 += 1.0;
         }
         self.n += 1;
@@ -192,7 +193,7 @@ mod tests {
             ks.push(k);
             // Acceptance exactly at the rate, on average over 20 trials per step.
             let _ = step;
-            s.observe(k, 17, 20, 1e-3 * (1.0 + 0.3 * k as f64));
+            s.observe(k, 17, 20, Some(1e-3 * (1.0 + 0.3 * k as f64)));
         }
         let tail = &ks[100..];
         let at_best = tail.iter().filter(|&&k| k == want).count();
@@ -212,7 +213,7 @@ mod tests {
         let mut s = AutoDraftLen::new(4, 8);
         for _ in 0..60 {
             let k = s.k();
-            s.observe(k, 0, k, 1e-3 * (1.0 + 0.3 * k as f64));
+            s.observe(k, 0, k, Some(1e-3 * (1.0 + 0.3 * k as f64)));
         }
         assert!(s.k() <= 2, "{}", s.k());
     }
