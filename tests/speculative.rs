@@ -654,3 +654,27 @@ fn bad_draft_vocab_requests_are_clear_errors() {
     assert_eq!(m.head_ids(), Some(&[9u32, 2, 7][..]));
     assert_eq!(vocab::most_frequent(&c, 4), vec![9, 2, 7, 0]);
 }
+
+#[test]
+fn auto_turns_speculation_off_and_back_on_losslessly() {
+    // Random-weight drafts of a random-weight target are almost never accepted: `auto`
+    // settles on k = 0 (plain decode steps), explores k = 1 now and then (the draft first
+    // catching up on every token committed meanwhile), and the output stays the target's.
+    for (t, d) in PAIRS {
+        let (target, draft) = (load(t), load(d));
+        let r = reference(t);
+        let req = greedy(&r.input_ids, 40, vec![]);
+        let (plain, _) = generate(&target, std::slice::from_ref(&req), |_, _| {}).unwrap();
+        for overlap in [false, true] {
+            let dl = DraftLen::Auto { start: 3, max: 8 };
+            let (spec, st) = spec_one(&target, &draft, &req, dl, overlap);
+            assert_eq!(
+                spec[0].output_ids, plain[0].output_ids,
+                "{t}/{d} overlap {overlap}"
+            );
+            // Mostly plain steps, and drafts again after the first step (the explorations).
+            assert!(st.mean_draft_len < 1.0, "{t}/{d} overlap {overlap}: {st:?}");
+            assert!(st.proposed > 3, "{t}/{d} overlap {overlap}: {st:?}");
+        }
+    }
+}

@@ -34,7 +34,8 @@ pub enum DraftLen {
     /// Always `k`.
     Fixed(usize),
     /// Adapted every step: the `k` that maximises expected tokens per second from the
-    /// observed acceptance rate and step times ([`schedule::AutoDraftLen`]), within `1..=max`.
+    /// observed acceptance rate and step times ([`schedule::AutoDraftLen`]), within `0..=max`
+    /// (0: a plain decode step, when speculation does not pay).
     Auto {
         /// Initial `k`.
         start: usize,
@@ -553,9 +554,7 @@ fn spec_on_worker(
             } else {
                 Some(td.elapsed().as_secs_f64())
             };
-            if kd > 0 {
-                a.observe(kd, spec.accepted - acc0, trials, seconds);
-            }
+            a.observe(kd, spec.accepted - acc0, trials, seconds);
             k = a.k();
         }
     }

@@ -9,6 +9,11 @@
 //! step lengths tried. The schedule then takes `argmax E(k) / S(k)` over `1..=max`, and every
 //! [`EXPLORE_EVERY`]-th step tries a neighbour of it so that the fit keeps two points.
 //! Both statistics decay by [`DECAY`] per step, so they follow a change of text.
+//!
+//! `k = 0` is a candidate too: a plain decode step, committing one token per sequence. Where
+//! verification costs more than the drafts it commits (on a CPU with the weights in cache,
+//! batches of several sequences already amortise each weight read), the schedule turns
+//! speculation off and still tries `k = 1` every [`EXPLORE_EVERY`] steps.
 
 /// Weight kept by older observations per step.
 pub const DECAY: f64 = 0.97;
@@ -39,10 +44,11 @@ pub fn expected_tokens(alpha: f64, k: usize) -> f64 {
     (1.0 - a.powi(k as i32 + 1)) / (1.0 - a)
 }
 
-/// `argmax_k expected_tokens(alpha, k) / cost(k)` over `1..=max` (the smaller `k` on ties).
+/// `argmax_k expected_tokens(alpha, k) / cost(k)` over `0..=max` (the smaller `k` on ties;
+/// `k = 0` is a plain decode step: speculation off).
 pub fn best_k(alpha: f64, cost: impl Fn(usize) -> f64, max: usize) -> usize {
-    let mut best = (1, f64::MIN);
-    for k in 1..=max.max(1) {
+    let mut best = (0, f64::MIN);
+    for k in 0..=max {
         let rate = expected_tokens(alpha, k) / cost(k).max(1e-12);
         if rate > best.1 * (1.0 + 1e-9) {
             best = (k, rate);
@@ -132,7 +138,7 @@ impl AutoDraftLen {
         }
         // The first steps pay one-time costs (caches, KV growth): their times are not fitted.
         if let (true, Some(sec)) = (self.n >= WARMUP_STEPS, seconds) {
-            let s = &mut self.steps[k.clamp(1, self.max)];
+            let s = &mut self.steps[k.min(self.max)];
             s.0 += sec;
             s.1 += 1.0;
         }
@@ -146,7 +152,7 @@ impl AutoDraftLen {
         self.k = if self.n % EXPLORE_EVERY == EXPLORE_EVERY - 1 {
             // Alternate between the neighbours above and below.
             let up = (self.n / EXPLORE_EVERY).is_multiple_of(2);
-            if (up && self.best < self.max) || self.best == 1 {
+            if (up && self.best < self.max) || self.best == 0 {
                 (self.best + 1).min(self.max)
             } else {
                 self.best - 1
@@ -172,7 +178,9 @@ mod tests {
     #[test]
     fn best_k_grows_with_acceptance_and_shrinks_with_cost() {
         let cost = |k: usize| 1.0 + 0.25 * k as f64;
-        assert_eq!(best_k(0.2, cost, 8), 1);
+        // E(1) = 1.2 tokens for 1.25× the time of a plain step: speculation off.
+        assert_eq!(best_k(0.2, cost, 8), 0);
+        assert_eq!(best_k(0.4, cost, 8), 1);
         let mid = best_k(0.8, cost, 8);
         let high = best_k(0.95, cost, 8);
         assert!(mid >= 2 && high > mid, "{mid} {high}");
@@ -206,6 +214,21 @@ mod tests {
             (fit - 1e-3 * (1.0 + 0.3 * want as f64)).abs() < 1e-6,
             "{fit}"
         );
+    }
+
+    #[test]
+    fn expensive_verification_turns_speculation_off() {
+        // Each draft token costs as much as a whole plain step and acceptance is 0.5: a
+        // plain step (k = 0) commits the most tokens per second.
+        let mut s = AutoDraftLen::new(3, 8);
+        let mut ks = Vec::new();
+        for _ in 0..120 {
+            let k = s.k();
+            ks.push(k);
+            s.observe(k, k / 2, k, Some(1e-3 * (1.0 + k as f64)));
+        }
+        let off = ks[60..].iter().filter(|&&k| k == 0).count();
+        assert!(off * 10 >= 60 * 8, "{ks:?}");
     }
 
     #[test]
