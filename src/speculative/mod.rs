@@ -391,7 +391,10 @@ fn spec_on_worker(
                         sampler: &mut s.sampler,
                     })
                     .collect();
-                draft::draft_batch(draft, &mut ds, &first, &need)?
+                // The draft's kernels are too small to gain from forking: a 1-token draft
+                // step took 52–54 µs on one thread and 57–59 µs forked over two
+                // (`examples/step_cost`, `DRAFT_ONLY=1`).
+                on_this_thread(|| draft::draft_batch(draft, &mut ds, &first, &need))?
             };
             for (n, d) in made.into_iter().enumerate() {
                 if need[n] > 0 {
