@@ -408,3 +408,57 @@ fn draft_vocab_flag_restricts_the_bundled_draft_head() {
         assert!(!ok && err.contains(want), "{err}");
     }
 }
+
+#[test]
+fn serial_draft_len_flag_is_checked_and_keeps_the_output() {
+    // A cap of 1 (every serial block one draft) or `auto`: the same greedy text either way;
+    // 0 or a word is refused with the flag's name, on `generate` and `bench` alike.
+    let model = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models");
+    let (t, d) = (model.join("tiny-mixtral"), model.join("tiny-draft"));
+    let run = |cap: &str| {
+        specmoe(&[
+            "generate",
+            "--model",
+            t.to_str().unwrap(),
+            "--draft",
+            d.to_str().unwrap(),
+            "--serial-draft-len",
+            cap,
+            "--draft-overlap",
+            "on",
+            "--prompt",
+            "Lists are",
+            "--max-new-tokens",
+            "12",
+            "--format",
+            "json",
+        ])
+        .0
+    };
+    let ids = |out: String| {
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        v["output_ids"].clone()
+    };
+    let (one, auto) = (ids(run("1")), ids(run("auto")));
+    assert_eq!(one.as_array().map(|a| a.len()), Some(12), "{one}");
+    assert_eq!(one, auto);
+    for cmd in ["generate", "bench"] {
+        for bad in ["0", "some"] {
+            let (ok, err) = specmoe_stderr(&[
+                cmd,
+                "--model",
+                t.to_str().unwrap(),
+                "--draft",
+                d.to_str().unwrap(),
+                "--serial-draft-len",
+                bad,
+                "--prompt",
+                "Lists are",
+            ]);
+            assert!(
+                !ok && err.contains("--serial-draft-len") && !err.contains("panicked"),
+                "{cmd} {bad}: {err}"
+            );
+        }
+    }
+}

@@ -59,6 +59,9 @@ What it does, start to finish:
 between 1 and 2 threads by measured speed) size the step counts by wall time on a busy
 machine instead; such runs are not bitwise reproducible and the report says so.
 
+``--gen-seed`` (with ``--redistil-draft``) draws other generation prompts and another batch
+order while keeping the corpus split of ``--seed``, for a further round from the shipped draft.
+
 ``--redistil-draft`` continues step 5 alone from the committed pair: the target in
 ``<out-dir>/tiny-mixtral`` stays frozen, the draft in ``<out-dir>/tiny-draft`` is the starting
 point, the corpus split and the committed tokenizer are reused (nothing retrained but the
@@ -1114,7 +1117,8 @@ def redistil_draft(a) -> None:
     gen = None
     if a.gen_seqs > 0:
         t_gen = time.time()
-        key = {"target_model_sha256": report["start"]["target_model_sha256"], "seed": a.seed,
+        gen_seed = a.seed if a.gen_seed is None else a.gen_seed
+        key = {"target_model_sha256": report["start"]["target_model_sha256"], "seed": gen_seed,
                "gen_seqs": a.gen_seqs, "gen_prompt_len": a.gen_prompt_len,
                "gen_prompt_min": a.gen_prompt_min, "gen_new": a.gen_new, "gen_batch": a.gen_batch}
         cached = None
@@ -1125,7 +1129,7 @@ def redistil_draft(a) -> None:
                 log(f"loaded {cached.shape[0]} target continuations from {a.gen_cache}")
             else:
                 log(f"{a.gen_cache} was made with other settings; regenerating")
-        gen = cached if cached is not None else generate_target_data(a, target, train_stream, a.seed, 5)
+        gen = cached if cached is not None else generate_target_data(a, target, train_stream, gen_seed, 5)
         if a.gen_cache is not None and cached is None:
             a.gen_cache.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"key": key, "gen": gen}, a.gen_cache)
@@ -1133,10 +1137,12 @@ def redistil_draft(a) -> None:
             "sequences": int(gen.shape[0]), "tokens_per_sequence": int(gen.shape[1]),
             "prompt_tokens": (f"{a.gen_prompt_min + 1}..{a.gen_prompt_len + 1}"
                               if a.gen_prompt_min is not None else a.gen_prompt_len + 1),
-            "decoding": "greedy", "prompts": "random windows of the training split (seed + 5)",
+            "decoding": "greedy",
+            "prompts": f"random windows of the training split (seed {gen_seed} + 5)",
             "from_cache": cached is not None, "seconds": round(time.time() - t_gen, 1)}
 
-    report["draft_training"] = train_draft(a, target, draft, train_stream, a.seed + 5, gen,
+    order_seed = a.seed if a.gen_seed is None else a.gen_seed
+    report["draft_training"] = train_draft(a, target, draft, train_stream, order_seed + 5, gen,
                                            peak_lr=a.redistil_lr, gen_share=a.gen_share)
     report["draft_training"]["loss"] = (
         f"{a.kd_alpha} * T^2 * KL(target_T || draft_T) + {1 - a.kd_alpha:g} * CE against "
@@ -1239,6 +1245,9 @@ def main() -> None:
     ap.add_argument("--kd-hard", action="store_true",
                     help="take the distillation's cross-entropy term against the target's "
                          "argmax instead of the data's next token")
+    ap.add_argument("--gen-seed", type=int, default=None,
+                    help="with --redistil-draft: seed of the generation prompts and of the "
+                         "batch order (default --seed); the corpus split always follows --seed")
     ap.add_argument("--redistil-draft", action="store_true",
                     help="continue distilling the committed <out-dir>/tiny-draft from the frozen "
                          "<out-dir>/tiny-mixtral (fresh target continuations, --gen-share, "
