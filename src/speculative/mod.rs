@@ -169,8 +169,8 @@ pub const SERIAL_DRAFT_LEN: usize = 3;
 /// costs all of it before the verification can start, so serial blocks pay to be shorter.
 /// Measured on the bundled pair (2 threads, batch 1, side by side): a cap of 3 was the
 /// best or tied for k = 4, 5, 6 and 8 (against caps of 2, 4 and k), and k = 6 with serial
-/// blocks of 3 was 4–10 % faster than with serial blocks of 6; halving k instead cost
-/// 10–17 % at k = 3 and 4.
+/// blocks of 3 was 2–9 % faster than with serial blocks of 6 (five alternated runs); halving
+/// k instead cost 10–17 % at k = 3 and 4.
 pub fn serial_draft_len(k: usize, overlap: bool, cap: Option<usize>) -> usize {
     match cap {
         Some(c) => c.clamp(1, k.max(1)),
