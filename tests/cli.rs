@@ -317,6 +317,7 @@ fn bench_with_a_draft_reports_each_draft_length_over_rounds() {
     ]);
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["rounds"].as_u64(), Some(2));
+    assert_eq!(v["serial_draft_len"].as_str(), Some("auto"));
     let rows = v["speculative"].as_array().unwrap();
     let lens: Vec<&str> = rows
         .iter()

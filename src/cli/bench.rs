@@ -166,6 +166,9 @@ pub struct BenchReport {
     /// Token ids the draft's LM head computes (`--draft-vocab`; absent: the whole vocabulary).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub draft_vocab: Option<usize>,
+    /// `--serial-draft-len` (with `--draft`): `auto` or the cap on serially drafted blocks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial_draft_len: Option<String>,
     /// Speculative runs, one per draft length (with `--draft`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub speculative: Vec<SpecRow>,
@@ -387,6 +390,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         weight_gbps: stats.decode_weight_gbps(),
         stats,
         draft_vocab,
+        serial_draft_len: (!speculative.is_empty()).then(|| a.serial_draft_len.trim().to_string()),
         speculative,
     };
     match a.format {
@@ -412,11 +416,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
             if !r.speculative.is_empty() {
                 println!();
                 println!(
-                    "speculative decoding, median of {} rounds (speed-up: median of per-round ratios to the baseline); draft LM head: {}",
+                    "speculative decoding, median of {} rounds (speed-up: median of per-round ratios to the baseline); draft LM head: {}; serial draft blocks: {}",
                     r.rounds,
                     match r.draft_vocab {
                         Some(n) => format!("{n} most frequent tokens"),
                         None => "whole vocabulary".into(),
+                    },
+                    match r.serial_draft_len.as_deref() {
+                        Some("auto") | None => "auto".to_string(),
+                        Some(n) => format!("at most {n}"),
                     }
                 );
                 println!("| draft len | mean k | acceptance | tokens/step | target steps | overlapped | decode tok/s | speed-up | identical |");
