@@ -1115,9 +1115,9 @@ def redistil_draft(a) -> None:
         p.requires_grad_(True)
 
     gen = None
+    gen_seed = a.seed if a.gen_seed is None else a.gen_seed  # prompts and batch order
     if a.gen_seqs > 0:
         t_gen = time.time()
-        gen_seed = a.seed if a.gen_seed is None else a.gen_seed
         key = {"target_model_sha256": report["start"]["target_model_sha256"], "seed": gen_seed,
                "gen_seqs": a.gen_seqs, "gen_prompt_len": a.gen_prompt_len,
                "gen_prompt_min": a.gen_prompt_min, "gen_new": a.gen_new, "gen_batch": a.gen_batch}
@@ -1141,8 +1141,7 @@ def redistil_draft(a) -> None:
             "prompts": f"random windows of the training split (seed {gen_seed} + 5)",
             "from_cache": cached is not None, "seconds": round(time.time() - t_gen, 1)}
 
-    order_seed = a.seed if a.gen_seed is None else a.gen_seed
-    report["draft_training"] = train_draft(a, target, draft, train_stream, order_seed + 5, gen,
+    report["draft_training"] = train_draft(a, target, draft, train_stream, gen_seed + 5, gen,
                                            peak_lr=a.redistil_lr, gen_share=a.gen_share)
     report["draft_training"]["loss"] = (
         f"{a.kd_alpha} * T^2 * KL(target_T || draft_T) + {1 - a.kd_alpha:g} * CE against "

@@ -390,7 +390,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         weight_gbps: stats.decode_weight_gbps(),
         stats,
         draft_vocab,
-        serial_draft_len: (!speculative.is_empty()).then(|| a.serial_draft_len.trim().to_string()),
+        serial_draft_len: (!speculative.is_empty())
+            .then(|| serial_draft_len.map_or_else(|| "auto".into(), |n| n.to_string())),
         speculative,
     };
     match a.format {
@@ -422,9 +423,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
                         Some(n) => format!("{n} most frequent tokens"),
                         None => "whole vocabulary".into(),
                     },
-                    match r.serial_draft_len.as_deref() {
-                        Some("auto") | None => "auto".to_string(),
+                    match serial_draft_len {
                         Some(n) => format!("at most {n}"),
+                        None => "auto".into(),
                     }
                 );
                 println!("| draft len | mean k | acceptance | tokens/step | target steps | overlapped | decode tok/s | speed-up | identical |");
