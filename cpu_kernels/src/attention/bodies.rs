@@ -178,17 +178,28 @@ pub(super) unsafe fn qk_body<S: Simd, const MV: usize, const PB: usize>(
     s: *mut f32,
 ) {
     let mut acc = [[S::zero(); MV]; PB];
-    for j in 0..d {
+    // One pointer per key, each advanced by one element per step: the keys' addresses are
+    // then independent (indexed off one base, LLVM chained `PB − 1` additions of `ks` per
+    // step, a latency chain longer than the step's FMAs).
+    let mut kp = [k; PB];
+    for (b, p) in kp.iter_mut().enumerate() {
+        // Opaque to the optimiser, or it folds them back into one base plus a chain of `ks`.
+        *p = std::hint::black_box(k.add(b * ks));
+    }
+    let mut qp = qt;
+    for _ in 0..d {
         let mut q = [S::zero(); MV];
         for (v, qv) in q.iter_mut().enumerate() {
-            *qv = S::load(qt.add(j * mp + v * S::L));
+            *qv = S::load(qp.add(v * S::L));
         }
-        for (b, acc_b) in acc.iter_mut().enumerate() {
-            let kb = S::splat(std::ptr::read_unaligned(k.add(b * ks + j * 4) as *const f32));
+        for (acc_b, p) in acc.iter_mut().zip(kp.iter_mut()) {
+            let kb = S::splat(std::ptr::read_unaligned(*p as *const f32));
             for (a, qv) in acc_b.iter_mut().zip(q) {
                 *a = S::fma(kb, qv, *a);
             }
+            *p = p.add(4);
         }
+        qp = qp.add(mp);
     }
     for (b, acc_b) in acc.iter().enumerate() {
         for (v, a) in acc_b.iter().enumerate() {

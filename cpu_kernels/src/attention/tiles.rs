@@ -343,7 +343,7 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
     let direct = s.k.dtype == DType::F32 && s.v.dtype == DType::F32 && s.k.layout.token_stride == d;
 
     let mut buf = ATTN_SCRATCH.with(|x| x.take());
-    let [qt, ot, sc, kc, vc, mrow, lsum, corr, ipos] = carve(
+    let [qt, ot, sc, kc, vc, mrow, lsum, corr, ipos, rows_buf] = carve(
         &mut buf,
         [
             nh * d * mp,
@@ -355,10 +355,10 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
             nh * mp,
             mp,
             mp,
+            mp * d,
         ],
     );
-    // Qᵀ (pre-scaled) and Oᵀ = 0 per head, per-row state.
-    std::ptr::write_bytes(qt, 0, nh * d * mp);
+    // Oᵀ = 0 per head, per-row state.
     std::ptr::write_bytes(ot, 0, nh * d * mp);
     for x in 0..nh * mp {
         *mrow.add(x) = f32::NEG_INFINITY;
@@ -372,14 +372,19 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
             1e30
         };
     }
+    // Qᵀ (pre-scaled) per head: the rows are gathered contiguously (`rows_buf[m][d]`, zero
+    // past the item's rows), then transposed block by block.
+    std::ptr::write_bytes(rows_buf, 0, mp * d);
     for h in 0..nh {
         for mi in 0..g.rows {
             let (i, qh) = g.query(it.m0 + mi, it.h0 + h);
             let q = &s.q[(i * g.heads + qh) * d..(i * g.heads + qh + 1) * d];
+            let dst = rows_buf.add(mi * d);
             for (j, &qj) in q.iter().enumerate() {
-                *qt.add((h * d + j) * mp + mi) = qj * s.shape.scale;
+                *dst.add(j) = qj * s.shape.scale;
             }
         }
+        transpose_rows::<S>(rows_buf, mp, d, qt.add(h * d * mp));
     }
 
     let mut c0 = 0;
@@ -405,15 +410,24 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
                 (k as *const u8, v as *const u8, ds * 4)
             };
             // Scores Sᵀ[p][m].
+            // Keys past the last full block in blocks of 4, 2, 1: a single key is one FMA
+            // latency chain over `d`.
             let mut p = 0;
             while p < cn {
-                if p + PB <= cn {
-                    S::qk::<MV, PB>(kp.add(p * rs), rs, qt, mp, d, sc.add(p * mp));
-                    p += PB;
+                let (kr, sr) = (kp.add(p * rs), sc.add(p * mp));
+                p += if p + PB <= cn {
+                    S::qk::<MV, PB>(kr, rs, qt, mp, d, sr);
+                    PB
+                } else if PB > 4 && p + 4 <= cn {
+                    S::qk::<MV, 4>(kr, rs, qt, mp, d, sr);
+                    4
+                } else if PB > 2 && p + 2 <= cn {
+                    S::qk::<MV, 2>(kr, rs, qt, mp, d, sr);
+                    2
                 } else {
-                    S::qk::<MV, 1>(kp.add(p * rs), rs, qt, mp, d, sc.add(p * mp));
-                    p += 1;
-                }
+                    S::qk::<MV, 1>(kr, rs, qt, mp, d, sr);
+                    1
+                };
             }
             // Causal mask inside the trailing block: row m sees key p iff p − l ≤ i(m).
             if c0 + cn > g.first_masked {
@@ -448,30 +462,82 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
             // Oᵀ = Oᵀ · corr + Vᵀ P.
             let mut j = 0;
             while j < d {
-                if j + PB <= d {
-                    S::pv::<MV, PB>(vp.add(j * 4), rs, sc, mp, cn, ot.add(j * mp), corr);
-                    j += PB;
+                let (vr, or) = (vp.add(j * 4), ot.add(j * mp));
+                j += if j + PB <= d {
+                    S::pv::<MV, PB>(vr, rs, sc, mp, cn, or, corr);
+                    PB
+                } else if PB > 4 && j + 4 <= d {
+                    S::pv::<MV, 4>(vr, rs, sc, mp, cn, or, corr);
+                    4
+                } else if PB > 2 && j + 2 <= d {
+                    S::pv::<MV, 2>(vr, rs, sc, mp, cn, or, corr);
+                    2
                 } else {
-                    S::pv::<MV, 1>(vp.add(j * 4), rs, sc, mp, cn, ot.add(j * mp), corr);
-                    j += 1;
-                }
+                    S::pv::<MV, 1>(vr, rs, sc, mp, cn, or, corr);
+                    1
+                };
             }
         }
         c0 += cn;
     }
 
+    // Oᵀ back to rows (`rows_buf[m][d]`), then each row scaled by its 1/λ into `out`.
     let out = s.out.get();
     for h in 0..nh {
+        transpose_cols::<S>(ot.add(h * d * mp), mp, d, rows_buf);
         for mi in 0..g.rows {
             let (i, qh) = g.query(it.m0 + mi, it.h0 + h);
             let inv = 1.0 / *lsum.add(h * mp + mi);
             let o = out.add((i * g.heads + qh) * d);
+            let src = rows_buf.add(mi * d);
             for j in 0..d {
-                *o.add(j) = *ot.add((h * d + j) * mp + mi) * inv;
+                *o.add(j) = *src.add(j) * inv;
             }
         }
     }
     ATTN_SCRATCH.with(|x| x.set(buf));
+}
+
+/// `dst[j · mp + m] = src[m · d + j]` for `m < mp` (a multiple of `L`), `j < d`: full
+/// `L × L` blocks through the path's transpose, dims past the last multiple of `L` one by
+/// one.
+#[inline(always)]
+unsafe fn transpose_rows<S: Simd>(src: *const f32, mp: usize, d: usize, dst: *mut f32) {
+    let dl = d / S::L * S::L;
+    let mut m = 0;
+    while m < mp {
+        let mut j = 0;
+        while j < dl {
+            S::transpose(src.add(m * d + j), d, dst.add(j * mp + m), mp);
+            j += S::L;
+        }
+        for jj in dl..d {
+            for r in m..m + S::L {
+                *dst.add(jj * mp + r) = *src.add(r * d + jj);
+            }
+        }
+        m += S::L;
+    }
+}
+
+/// The inverse of [`transpose_rows`]: `dst[m · d + j] = src[j · mp + m]`.
+#[inline(always)]
+unsafe fn transpose_cols<S: Simd>(src: *const f32, mp: usize, d: usize, dst: *mut f32) {
+    let dl = d / S::L * S::L;
+    let mut m = 0;
+    while m < mp {
+        let mut j = 0;
+        while j < dl {
+            S::transpose(src.add(j * mp + m), mp, dst.add(m * d + j), d);
+            j += S::L;
+        }
+        for jj in dl..d {
+            for r in m..m + S::L {
+                *dst.add(r * d + jj) = *src.add(jj * mp + r);
+            }
+        }
+        m += S::L;
+    }
 }
 
 /// The canonical sum of one chunk's probabilities, for the rows of one vector: the
