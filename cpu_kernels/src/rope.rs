@@ -111,25 +111,39 @@ fn rope_apply_rows(isa: Isa, x: &mut [f32], heads: usize, table: &RopeTable, row
     for i in 0..n {
         let cos = &table.cos[(row0 + i) * half..(row0 + i + 1) * half];
         let sin = &table.sin[(row0 + i) * half..(row0 + i + 1) * half];
-        for h in 0..heads {
-            let v = &mut x[(i * heads + h) * d..(i * heads + h + 1) * d];
-            if isa == Isa::Scalar {
+        let v = &mut x[i * heads * d..(i + 1) * heads * d];
+        if isa == Isa::Scalar {
+            for v in v.chunks_exact_mut(d) {
                 for j in 0..half {
                     let a = v[j];
                     let b = v[j + half];
                     v[j] = a * cos[j] - b * sin[j];
                     v[j + half] = b * cos[j] + a * sin[j];
                 }
-            } else {
-                // SAFETY: `v` has `2 * half` f32, `cos`/`sin` have `half`.
-                unsafe { rope_run(isa, v.as_mut_ptr(), cos.as_ptr(), sin.as_ptr(), half) };
             }
+        } else {
+            // SAFETY: `v` has `heads * 2 * half` f32, `cos`/`sin` have `half`.
+            unsafe { rope_run(isa, v.as_mut_ptr(), heads, cos.as_ptr(), sin.as_ptr(), half) };
         }
     }
 }
 
+/// Rotates the `heads` consecutive head vectors (`2 · half` f32 each) of one token at `v`.
 #[inline(always)]
-unsafe fn rope_generic<S: Simd>(v: *mut f32, cos: *const f32, sin: *const f32, half: usize) {
+unsafe fn rope_generic<S: Simd>(
+    v: *mut f32,
+    heads: usize,
+    cos: *const f32,
+    sin: *const f32,
+    half: usize,
+) {
+    for h in 0..heads {
+        rope_head::<S>(v.add(h * 2 * half), cos, sin, half);
+    }
+}
+
+#[inline(always)]
+unsafe fn rope_head<S: Simd>(v: *mut f32, cos: *const f32, sin: *const f32, half: usize) {
     let mut j = 0;
     while j + S::L <= half {
         let (a, b) = (S::load(v.add(j)), S::load(v.add(j + half)));
@@ -155,7 +169,7 @@ unsafe fn rope_generic<S: Simd>(v: *mut f32, cos: *const f32, sin: *const f32, h
     }
 }
 
-isa_entry!(fn rope_run => rope_generic(v: *mut f32, cos: *const f32, sin: *const f32, half: usize));
+isa_entry!(fn rope_run => rope_generic(v: *mut f32, heads: usize, cos: *const f32, sin: *const f32, half: usize));
 
 /// `(a cos − b sin, b cos + a sin)` with separate roundings, as the scalar code.
 #[inline(always)]

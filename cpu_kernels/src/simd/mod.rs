@@ -125,6 +125,17 @@ pub(crate) trait Simd: Copy {
         }
     }
 
+    /// Splits the `2L` f32 at `src` into their `L` even-indexed elements at `even` and
+    /// their `L` odd-indexed ones at `odd` (the packed activation layout of the bf16
+    /// matmul).
+    #[inline(always)]
+    unsafe fn deinterleave(src: *const f32, even: *mut f32, odd: *mut f32) {
+        for j in 0..Self::L {
+            *even.add(j) = *src.add(2 * j);
+            *odd.add(j) = *src.add(2 * j + 1);
+        }
+    }
+
     /// Stores the first `n < L` lanes of `v` at `p`.
     #[inline(always)]
     unsafe fn store_partial(p: *mut f32, v: Self::V, n: usize) {

@@ -10,6 +10,13 @@ pub(crate) struct Neon;
 
 impl Simd for Neon {
     type V = float32x4_t;
+
+    #[inline(always)]
+    unsafe fn deinterleave(src: *const f32, even: *mut f32, odd: *mut f32) {
+        let (a, b) = (vld1q_f32(src), vld1q_f32(src.add(4)));
+        vst1q_f32(even, vuzp1q_f32(a, b));
+        vst1q_f32(odd, vuzp2q_f32(a, b));
+    }
     const L: usize = 4;
 
     #[inline(always)]

@@ -12,6 +12,15 @@ impl Simd for Avx512 {
     const L: usize = 16;
 
     #[inline(always)]
+    unsafe fn deinterleave(src: *const f32, even: *mut f32, odd: *mut f32) {
+        let (a, b) = (_mm512_loadu_ps(src), _mm512_loadu_ps(src.add(16)));
+        let ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        _mm512_storeu_ps(even, _mm512_permutex2var_ps(a, ie, b));
+        _mm512_storeu_ps(odd, _mm512_permutex2var_ps(a, io, b));
+    }
+
+    #[inline(always)]
     unsafe fn transpose(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
         // 64 shuffles: ps pairs, pd pairs, then two rounds of 128-bit block selects. After
         // the first two rounds `u[4g + c]` holds, in 128-bit block `k`, rows `4g..4g+4` of
@@ -256,6 +265,17 @@ pub(crate) struct Avx2;
 impl Simd for Avx2 {
     type V = __m256;
     const L: usize = 8;
+
+    #[inline(always)]
+    unsafe fn deinterleave(src: *const f32, even: *mut f32, odd: *mut f32) {
+        let (a, b) = (_mm256_loadu_ps(src), _mm256_loadu_ps(src.add(8)));
+        // Per 128-bit half: [a0 a2 b0 b2 | a4 a6 b4 b6], then the 64-bit quarters reordered.
+        let e = _mm256_shuffle_ps::<0x88>(a, b);
+        let o = _mm256_shuffle_ps::<0xDD>(a, b);
+        let fix = |v: __m256| _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(v)));
+        _mm256_storeu_ps(even, fix(e));
+        _mm256_storeu_ps(odd, fix(o));
+    }
 
     #[inline(always)]
     unsafe fn transpose(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
