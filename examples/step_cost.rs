@@ -11,6 +11,7 @@
 
 use specmoe::model::{LogitRows, Model, SeqStep};
 use specmoe::speculative::vocab::DraftVocab;
+use specmoe_cpu_kernels::parallel::keep_warm;
 use specmoe_cpu_kernels::DType;
 use std::time::Instant;
 
@@ -75,7 +76,8 @@ fn main() {
         let t = if only_draft {
             Vec::new()
         } else {
-            step_times(&target, ctx, &ns, 301, LogitRows::All)
+            // Other workers kept polling, as during generation (`parallel::keep_warm`).
+            keep_warm(|| step_times(&target, ctx, &ns, 301, LogitRows::All))
         };
         let reps = if only_draft { 5001 } else { 301 };
         let d = step_times(&draft, ctx, &ns, reps, LogitRows::Last(1));

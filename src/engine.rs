@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::model::{KvCache, LogitRows, Model, SeqStep};
 use crate::sampling::{Sampler, SamplingParams};
 use serde::Serialize;
+use specmoe_cpu_kernels::parallel::keep_warm;
 use std::time::Instant;
 
 /// One prompt to continue.
@@ -127,7 +128,7 @@ pub fn generate(
     reqs: &[GenRequest],
     on_token: impl FnMut(usize, u32) + Send,
 ) -> Result<(Vec<GenOutput>, GenStats)> {
-    on_worker(|| generate_on_worker(model, reqs, on_token))
+    on_worker(|| keep_warm(|| generate_on_worker(model, reqs, on_token)))
 }
 
 /// Runs `f` on a worker thread of the current rayon pool (the global pool when called from
