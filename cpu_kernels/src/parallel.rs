@@ -39,7 +39,8 @@ pub fn may_fork() -> bool {
 /// RoPE, routing, sampling, a serially drafted block). A rayon worker that finds no work
 /// for ≈ 20 µs goes to sleep, and waking it costs the next call ≈ 6–8 µs (measured on the
 /// 2-core VM: `rayon::join` of two 20 µs halves after a serial gap of 10 µs cost 1.1 µs
-/// more than 20 µs, after a gap of 20–160 µs 7–8 µs more, after 320 µs 16 µs more). Here
+/// more than 20 µs, after a gap of 20–160 µs 7–8 µs more, after 320 µs 16 µs more;
+/// `examples/wake_bench`; inside `keep_warm`: 1.0–1.5 µs whatever the gap). Here
 /// each other worker runs a job that loops on [`rayon::yield_now`] — so it takes any job
 /// as soon as it is queued — until `f` returns. The cost is those cores spinning while `f`
 /// runs, as OpenMP runtimes do by default.
