@@ -26,8 +26,11 @@
 //! - The tile plan (`rows.rs`) depends on the path and the token count: AVX-512 and NEON
 //!   run 1–3 tokens on R = 6, 4 tokens on R = 4 and 5–6 tokens on R = 3, and AVX-512 runs
 //!   7–8 tokens on R = 3 × TB = 8 (`x` read from L1), each as a single token block (weights
-//!   converted once); larger batches run as blocks of ≤ 3 on R = 6; AVX2 and portable:
-//!   R = 4, TB ≤ 2. The ragged row tail uses R = 1.
+//!   converted once); larger batches run as blocks of ≤ 3 on R = 6 (on AVX-512 from 16
+//!   tokens on, each row block's column block of bf16/f16 weights is first widened to an
+//!   f32 copy in L1, in `x`'s packed column order, so that the token blocks do not convert
+//!   it again and every FMA is the same); AVX2 and portable: R = 4, TB ≤ 2. The ragged row
+//!   tail uses R = 1.
 //! - With one token block, a task is one microkernel call over all its row blocks, the
 //!   accumulators never leaving registers. With several, all token blocks of a row block
 //!   run back to back over its L1-resident weight slice, so weights come from DRAM once

@@ -26,14 +26,25 @@ pub(super) struct Plan {
     pub(super) rows: usize,
     /// Largest token block (`TB`); tokens are split into balanced blocks of at most `tb`.
     pub(super) tb: usize,
+    /// bf16 / f16 weights: convert each row block's column block to f32 once (into a
+    /// per-thread L1 scratch) and run every token block on the f32 copy.
+    pub(super) convert: bool,
 }
 
 /// Row length from which AVX-512 runs more than 8 tokens as 8-token blocks (see [`plan`]).
 pub(super) const WIDE_COLS: usize = 2048;
 
 const fn p(rows: usize, tb: usize) -> Plan {
-    Plan { rows, tb }
+    Plan {
+        rows,
+        tb,
+        convert: false,
+    }
 }
+
+/// Token count from which AVX-512 widens 16-bit weights to f32 once per row block and
+/// column block, and runs the 3-token blocks on the f32 copy (see [`plan`]).
+pub(super) const CONVERT_TOKENS: usize = 16;
 
 /// The tile plan of `isa`'s path for `tokens` tokens.
 ///
@@ -55,6 +66,14 @@ const fn p(rows: usize, tb: usize) -> Plan {
 /// of ≤ 8 on R = 3 too (measured on 14336 × 4096: 16 tokens −10 %; with 64 tokens, whose `x`
 /// leaves L2, they were 3–4 % slower and keep the 3-token blocks).
 ///
+/// From [`CONVERT_TOKENS`] tokens on (outside that exception), AVX-512 widens bf16/f16
+/// weights to f32 once per row block and column block, into an L1-sized per-thread copy,
+/// and runs the 6 × 3 blocks on it: the 3-token tile otherwise converts every weight vector
+/// again for each token block (two port-0/5 uops per 32 weights, a third of its FMA count).
+/// Measured with separate runs alternated: 14336 × 4096 × 64 tokens 41–42 % → 48–49 % of the
+/// FMA peak on one and two threads; 4096 × 512 × 64 −12 to −16 %, 512 × 512 × 64 −13 to −23 %;
+/// 16 tokens −2 to −13 %; 9 tokens within noise (so the threshold is 16).
+///
 /// The plan never changes results: each output has one vector accumulator fed the steps
 /// in order and one horizontal sum, whatever the tile.
 pub(super) fn plan(isa: Isa, tokens: usize, cols: usize) -> Plan {
@@ -67,6 +86,11 @@ pub(super) fn plan(isa: Isa, tokens: usize, cols: usize) -> Plan {
             5 | 6 => p(3, 6),
             7 | 8 => p(3, 8),
             _ if cols >= WIDE_COLS && tokens * cols * 4 <= X_BLOCK_BYTES => p(3, 8),
+            _ if tokens >= CONVERT_TOKENS => Plan {
+                rows: 6,
+                tb: 3,
+                convert: true,
+            },
             _ => p(6, 3),
         },
         Isa::Neon => match tokens {
@@ -179,6 +203,8 @@ unsafe fn rows_generic<S: MatmulTiles>(a: &MmArgs) {
 thread_local! {
     /// Per-thread partial sums of the K-blocked orders (reused across calls).
     static SCRATCH: std::cell::Cell<Vec<Line>> = const { std::cell::Cell::new(Vec::new()) };
+    /// Per-thread f32 copy of one row block's column block (plans with `convert`).
+    static CONVERTED: std::cell::Cell<Vec<Line>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Bytes of one row block's weights kept L1-resident by the K blocking.
@@ -347,6 +373,9 @@ unsafe fn column_block<S: MatmulTiles, const DT: u8, const R: usize, const TBMAX
     let last = k0 + ks == geo.steps;
     let base = a.tokens / geo.nb;
     let extra = a.tokens % geo.nb;
+    if DT != DT_F32 && a.tiles.convert {
+        return column_block_converted::<S, DT, R, TBMAX>(a, geo, r, k0, ks, last, srow);
+    }
     let mut t0 = 0;
     for b in 0..geo.nb {
         let tb = base + usize::from(b < extra);
@@ -382,6 +411,93 @@ unsafe fn column_block<S: MatmulTiles, const DT: u8, const R: usize, const TBMAX
         t0 += tb;
     }
     k0 + ks
+}
+
+/// [`column_block`] for one row block (`nrb == 1`) of 16-bit weights under a `convert`
+/// plan: the block's `R` rows × `ks` steps (and the ragged tail, zero-padded to a step) are
+/// widened to f32 once, in the packed activations' column order (bf16: each step's even
+/// columns, then its odd ones), and every token block runs the f32 microkernel on that copy.
+/// Each accumulator then gets the same FMAs in the same order as from the 16-bit weights
+/// (a bf16 step is an even and an odd f32 step), so results are bitwise unchanged.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn column_block_converted<
+    S: MatmulTiles,
+    const DT: u8,
+    const R: usize,
+    const TBMAX: usize,
+>(
+    a: &MmArgs,
+    geo: &RowsGeo,
+    r: usize,
+    k0: usize,
+    ks: usize,
+    last: bool,
+    srow: usize,
+) -> usize {
+    let esz = elem_size(DT);
+    let step = geo.step;
+    let wrs = a.cols * esz;
+    let tail = if last { a.cols % step } else { 0 };
+    let csteps = ks + usize::from(tail > 0);
+    // f32 per converted row, and bytes between converted rows.
+    let row_f32 = csteps * step;
+    let mut buf = CONVERTED.with(|c| c.take());
+    let wf = aligned_f32(&mut buf, R * row_f32);
+    for i in 0..R {
+        let src = a.w.add((r + i) * wrs + k0 * step * esz);
+        let dst = wf.add(i * row_f32);
+        for s in 0..ks {
+            widen_step::<S, DT>(src.add(s * step * esz), dst.add(s * step));
+        }
+        if tail > 0 {
+            let mut pad = [0u8; 64];
+            std::ptr::copy_nonoverlapping(src.add(ks * step * esz), pad.as_mut_ptr(), tail * esz);
+            widen_step::<S, DT>(pad.as_ptr(), dst.add(ks * step));
+        }
+    }
+    let base = a.tokens / geo.nb;
+    let extra = a.tokens % geo.nb;
+    let mut t0 = 0;
+    for b in 0..geo.nb {
+        let tb = base + usize::from(b < extra);
+        let k = Mk {
+            w: wf as *const u8,
+            wrs: row_f32 * 4,
+            x: a.x.add(t0 * a.kp + k0 * step),
+            xs: a.kp,
+            steps: row_f32 / S::L,
+            tail: 0,
+            nrb: 1,
+            rows_left: a.n_rows - r,
+            out: a.out.add(t0 * a.n_rows + r),
+            ldo: a.n_rows,
+            acc: if geo.blocked {
+                geo.sp.add((srow * a.tokens + t0 * R) * 16)
+            } else {
+                std::ptr::null_mut()
+            },
+            load: k0 > 0,
+            flags: if last { MK_REDUCE } else { 0 },
+        };
+        token_block::<S, DT_F32, R, TBMAX>(tb, &k);
+        t0 += tb;
+    }
+    CONVERTED.with(|c| c.set(buf));
+    k0 + ks
+}
+
+/// Widens one weight step at `src` (`2L` bf16 or `L` f16) to f32 at `dst` in the packed
+/// activations' order: bf16 as its `L` even columns then its `L` odd ones.
+#[inline(always)]
+unsafe fn widen_step<S: Simd, const DT: u8>(src: *const u8, dst: *mut f32) {
+    if DT == DT_BF16 {
+        let (e, o) = S::bf16x2(src);
+        S::store(dst, e);
+        S::store(dst.add(S::L), o);
+    } else {
+        S::store(dst, S::f16(src));
+    }
 }
 
 /// [`MatmulTiles::mk`] for a token block of `tb ≤ TBMAX` tokens.
