@@ -498,46 +498,41 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
     ATTN_SCRATCH.with(|x| x.set(buf));
 }
 
-/// `dst[j · mp + m] = src[m · d + j]` for `m < mp` (a multiple of `L`), `j < d`: full
-/// `L × L` blocks through the path's transpose, dims past the last multiple of `L` one by
-/// one.
+/// `dst[c · ds + r] = src[r · ss + c]` for `r < rows`, `c < cols`: full `L × L` blocks
+/// through the path's transpose, the ragged edges element by element.
+#[inline(always)]
+unsafe fn transpose_matrix<S: Simd>(
+    src: *const f32,
+    ss: usize,
+    dst: *mut f32,
+    ds: usize,
+    rows: usize,
+    cols: usize,
+) {
+    let (rl, cl) = (rows / S::L * S::L, cols / S::L * S::L);
+    for r in (0..rl).step_by(S::L) {
+        for c in (0..cl).step_by(S::L) {
+            S::transpose(src.add(r * ss + c), ss, dst.add(c * ds + r), ds);
+        }
+    }
+    for r in 0..rows {
+        let c0 = if r < rl { cl } else { 0 };
+        for c in c0..cols {
+            *dst.add(c * ds + r) = *src.add(r * ss + c);
+        }
+    }
+}
+
+/// `Qᵀ` from rows: `dst[j · mp + m] = src[m · d + j]` for `m < mp`, `j < d`.
 #[inline(always)]
 unsafe fn transpose_rows<S: Simd>(src: *const f32, mp: usize, d: usize, dst: *mut f32) {
-    let dl = d / S::L * S::L;
-    let mut m = 0;
-    while m < mp {
-        let mut j = 0;
-        while j < dl {
-            S::transpose(src.add(m * d + j), d, dst.add(j * mp + m), mp);
-            j += S::L;
-        }
-        for jj in dl..d {
-            for r in m..m + S::L {
-                *dst.add(jj * mp + r) = *src.add(r * d + jj);
-            }
-        }
-        m += S::L;
-    }
+    transpose_matrix::<S>(src, d, dst, mp, mp, d)
 }
 
 /// The inverse of [`transpose_rows`]: `dst[m · d + j] = src[j · mp + m]`.
 #[inline(always)]
 unsafe fn transpose_cols<S: Simd>(src: *const f32, mp: usize, d: usize, dst: *mut f32) {
-    let dl = d / S::L * S::L;
-    let mut m = 0;
-    while m < mp {
-        let mut j = 0;
-        while j < dl {
-            S::transpose(src.add(j * mp + m), mp, dst.add(m * d + j), d);
-            j += S::L;
-        }
-        for jj in dl..d {
-            for r in m..m + S::L {
-                *dst.add(r * d + jj) = *src.add(jj * mp + r);
-            }
-        }
-        m += S::L;
-    }
+    transpose_matrix::<S>(src, mp, dst, d, d, mp)
 }
 
 /// The canonical sum of one chunk's probabilities, for the rows of one vector: the

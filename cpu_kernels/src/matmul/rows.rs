@@ -357,6 +357,13 @@ struct RowsGeo {
 /// All token blocks of the `nrb` consecutive row blocks of `R` rows starting at row `r`,
 /// over the column block starting at step `k0`, with partial sums at scratch row `srow`
 /// (only used when `nrb == 1`). Returns the next column block's step.
+///
+/// Under a `convert` plan (16-bit weights, `nrb == 1`), the block's `R` rows × `ks` steps
+/// (and the ragged tail, zero-padded to a step) are first widened to f32, in the packed
+/// activations' column order (bf16: each step's even columns, then its odd ones), and every
+/// token block runs the f32 microkernel on that copy. Each accumulator then gets the same
+/// FMAs in the same order as from the 16-bit weights (a bf16 step is an even and an odd f32
+/// step), so results are bitwise unchanged.
 #[inline(always)]
 unsafe fn column_block<S: MatmulTiles, const DT: u8, const R: usize, const TBMAX: usize>(
     a: &MmArgs,
@@ -371,11 +378,37 @@ unsafe fn column_block<S: MatmulTiles, const DT: u8, const R: usize, const TBMAX
     let wrs = a.cols * esz;
     let ks = geo.kc_steps.min(geo.steps - k0);
     let last = k0 + ks == geo.steps;
+    let tail = if last { a.cols % step } else { 0 };
+    let w = a.w.add(r * wrs + k0 * step * esz);
+    let convert = DT != DT_F32 && a.tiles.convert;
+    let mut buf = Vec::new();
+    // The weights the microkernel reads: (first byte, bytes between rows, steps, tail).
+    let (kw, kwrs, ksteps, ktail) = if convert {
+        debug_assert_eq!(nrb, 1);
+        let row_f32 = (ks + usize::from(tail > 0)) * step;
+        buf = CONVERTED.with(|c| c.take());
+        let wf = aligned_f32(&mut buf, R * row_f32);
+        for i in 0..R {
+            let (src, dst) = (w.add(i * wrs), wf.add(i * row_f32));
+            for s in 0..ks {
+                widen_step::<S, DT>(src.add(s * step * esz), dst.add(s * step));
+            }
+            if tail > 0 {
+                let mut pad = [0u8; 64];
+                std::ptr::copy_nonoverlapping(
+                    src.add(ks * step * esz),
+                    pad.as_mut_ptr(),
+                    tail * esz,
+                );
+                widen_step::<S, DT>(pad.as_ptr(), dst.add(ks * step));
+            }
+        }
+        (wf as *const u8, row_f32 * 4, row_f32 / S::L, 0)
+    } else {
+        (w, wrs, ks, tail)
+    };
     let base = a.tokens / geo.nb;
     let extra = a.tokens % geo.nb;
-    if DT != DT_F32 && a.tiles.convert {
-        return column_block_converted::<S, DT, R, TBMAX>(a, geo, r, k0, ks, last, srow);
-    }
     let mut t0 = 0;
     for b in 0..geo.nb {
         let tb = base + usize::from(b < extra);
@@ -384,17 +417,17 @@ unsafe fn column_block<S: MatmulTiles, const DT: u8, const R: usize, const TBMAX
             flags |= MK_REDUCE;
         }
         // The first token block prefetches the next row block's slice, on rows long
-        // enough for that to pay (see [`PF_MIN_ROW_BYTES`]).
-        if b == 0 && wrs >= PF_MIN_ROW_BYTES {
+        // enough for that to pay (see [`PF_MIN_ROW_BYTES`]); not from a converted copy.
+        if b == 0 && wrs >= PF_MIN_ROW_BYTES && !convert {
             flags |= MK_PF;
         }
         let k = Mk {
-            w: a.w.add(r * wrs + k0 * step * esz),
-            wrs,
+            w: kw,
+            wrs: kwrs,
             x: a.x.add(t0 * a.kp + k0 * step),
             xs: a.kp,
-            steps: ks,
-            tail: if last { a.cols % step } else { 0 },
+            steps: ksteps,
+            tail: ktail,
             nrb,
             rows_left: a.n_rows - r,
             out: a.out.add(t0 * a.n_rows + r),
@@ -407,83 +440,16 @@ unsafe fn column_block<S: MatmulTiles, const DT: u8, const R: usize, const TBMAX
             load: k0 > 0,
             flags,
         };
-        token_block::<S, DT, R, TBMAX>(tb, &k);
+        if convert {
+            token_block::<S, DT_F32, R, TBMAX>(tb, &k);
+        } else {
+            token_block::<S, DT, R, TBMAX>(tb, &k);
+        }
         t0 += tb;
     }
-    k0 + ks
-}
-
-/// [`column_block`] for one row block (`nrb == 1`) of 16-bit weights under a `convert`
-/// plan: the block's `R` rows × `ks` steps (and the ragged tail, zero-padded to a step) are
-/// widened to f32 once, in the packed activations' column order (bf16: each step's even
-/// columns, then its odd ones), and every token block runs the f32 microkernel on that copy.
-/// Each accumulator then gets the same FMAs in the same order as from the 16-bit weights
-/// (a bf16 step is an even and an odd f32 step), so results are bitwise unchanged.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn column_block_converted<
-    S: MatmulTiles,
-    const DT: u8,
-    const R: usize,
-    const TBMAX: usize,
->(
-    a: &MmArgs,
-    geo: &RowsGeo,
-    r: usize,
-    k0: usize,
-    ks: usize,
-    last: bool,
-    srow: usize,
-) -> usize {
-    let esz = elem_size(DT);
-    let step = geo.step;
-    let wrs = a.cols * esz;
-    let tail = if last { a.cols % step } else { 0 };
-    let csteps = ks + usize::from(tail > 0);
-    // f32 per converted row, and bytes between converted rows.
-    let row_f32 = csteps * step;
-    let mut buf = CONVERTED.with(|c| c.take());
-    let wf = aligned_f32(&mut buf, R * row_f32);
-    for i in 0..R {
-        let src = a.w.add((r + i) * wrs + k0 * step * esz);
-        let dst = wf.add(i * row_f32);
-        for s in 0..ks {
-            widen_step::<S, DT>(src.add(s * step * esz), dst.add(s * step));
-        }
-        if tail > 0 {
-            let mut pad = [0u8; 64];
-            std::ptr::copy_nonoverlapping(src.add(ks * step * esz), pad.as_mut_ptr(), tail * esz);
-            widen_step::<S, DT>(pad.as_ptr(), dst.add(ks * step));
-        }
+    if convert {
+        CONVERTED.with(|c| c.set(buf));
     }
-    let base = a.tokens / geo.nb;
-    let extra = a.tokens % geo.nb;
-    let mut t0 = 0;
-    for b in 0..geo.nb {
-        let tb = base + usize::from(b < extra);
-        let k = Mk {
-            w: wf as *const u8,
-            wrs: row_f32 * 4,
-            x: a.x.add(t0 * a.kp + k0 * step),
-            xs: a.kp,
-            steps: row_f32 / S::L,
-            tail: 0,
-            nrb: 1,
-            rows_left: a.n_rows - r,
-            out: a.out.add(t0 * a.n_rows + r),
-            ldo: a.n_rows,
-            acc: if geo.blocked {
-                geo.sp.add((srow * a.tokens + t0 * R) * 16)
-            } else {
-                std::ptr::null_mut()
-            },
-            load: k0 > 0,
-            flags: if last { MK_REDUCE } else { 0 },
-        };
-        token_block::<S, DT_F32, R, TBMAX>(tb, &k);
-        t0 += tb;
-    }
-    CONVERTED.with(|c| c.set(buf));
     k0 + ks
 }
 
