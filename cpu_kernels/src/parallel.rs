@@ -45,13 +45,24 @@ pub fn may_fork() -> bool {
 /// as soon as it is queued — until `f` returns. The cost is those cores spinning while `f`
 /// runs, as OpenMP runtimes do by default.
 ///
-/// If a spinner has not started within 20 ms (its worker busy elsewhere), `f` runs
-/// without it. Outside a pool, or with one thread, this is just `f()`.
+/// If a spinner has not started within 5 ms (its worker busy elsewhere), `f` runs without
+/// it. Outside a pool, with one thread, or while another `keep_warm` runs anywhere in the
+/// process (concurrent generations, or nested calls: their spinners would only compete for
+/// the same workers), this is just `f()`.
 pub fn keep_warm<R>(f: impl FnOnce() -> R) -> R {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
+    static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+    struct Active;
+    impl Drop for Active {
+        fn drop(&mut self) {
+            ACTIVE.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+    let first = ACTIVE.fetch_add(1, Ordering::AcqRel) == 0;
+    let _active = Active;
     let others = rayon::current_num_threads().saturating_sub(1);
-    if others == 0 || rayon::current_thread_index().is_none() {
+    if !first || others == 0 || rayon::current_thread_index().is_none() {
         return f();
     }
     struct Shared {
@@ -80,7 +91,7 @@ pub fn keep_warm<R>(f: impl FnOnce() -> R) -> R {
     // worker waiting in `f` could otherwise pop a queued spinner and never return to `f`.
     let t = std::time::Instant::now();
     while sh.started.load(Ordering::Acquire) < others {
-        if t.elapsed() > std::time::Duration::from_millis(20) {
+        if t.elapsed() > std::time::Duration::from_millis(5) {
             sh.stop.store(true, Ordering::Release);
             break;
         }

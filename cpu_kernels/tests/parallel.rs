@@ -119,7 +119,7 @@ fn keep_warm_outside_a_pool_or_alone_just_runs() {
 #[test]
 fn keep_warm_goes_on_when_the_other_worker_is_busy() {
     // The other worker is held by a task until released: the spinner cannot start, and
-    // `keep_warm` must run `f` anyway (after its 20 ms wait) without deadlocking.
+    // `keep_warm` must run `f` anyway (after its 5 ms wait) without deadlocking.
     let p = pool(2);
     let release = AtomicBool::new(false);
     let held = AtomicBool::new(false);

@@ -232,6 +232,24 @@ mod tests {
     }
 
     #[test]
+    fn zero_acceptance_turns_speculation_off_even_when_drafts_look_free() {
+        // Noisy times with no visible cost per draft token (the fit's slope is then the
+        // floor of 2 % of a step) and nothing ever accepted: once the acceptance prior has
+        // decayed, plain steps win, with an exploration of k = 1 every 8th step.
+        let mut s = AutoDraftLen::new(3, 8);
+        let mut ks = Vec::new();
+        for step in 0..300 {
+            let k = s.k();
+            ks.push(k);
+            let noise = [1.0, 0.9, 1.1, 0.95][step % 4];
+            s.observe(k, 0, usize::from(k > 0), Some(1e-3 * noise));
+        }
+        let tail = &ks[200..];
+        let off = tail.iter().filter(|&&k| k == 0).count();
+        assert!(off * 10 >= tail.len() * 8, "{tail:?}");
+    }
+
+    #[test]
     fn low_acceptance_falls_back_to_one_token() {
         let mut s = AutoDraftLen::new(4, 8);
         for _ in 0..60 {
