@@ -380,11 +380,11 @@ unsafe fn column_block<S: MatmulTiles, const DT: u8, const R: usize, const TBMAX
     let last = k0 + ks == geo.steps;
     let tail = if last { a.cols % step } else { 0 };
     let w = a.w.add(r * wrs + k0 * step * esz);
-    let convert = DT != DT_F32 && a.tiles.convert;
+    // (A convert plan always has several token blocks, so one row block per call.)
+    let convert = DT != DT_F32 && a.tiles.convert && nrb == 1;
     let mut buf = Vec::new();
     // The weights the microkernel reads: (first byte, bytes between rows, steps, tail).
     let (kw, kwrs, ksteps, ktail) = if convert {
-        debug_assert_eq!(nrb, 1);
         let row_f32 = (ks + usize::from(tail > 0)) * step;
         buf = CONVERTED.with(|c| c.take());
         let wf = aligned_f32(&mut buf, R * row_f32);
