@@ -128,7 +128,13 @@ pub fn generate(
     reqs: &[GenRequest],
     on_token: impl FnMut(usize, u32) + Send,
 ) -> Result<(Vec<GenOutput>, GenStats)> {
-    on_worker(|| keep_warm(|| generate_on_worker(model, reqs, on_token)))
+    on_generation_worker(|| generate_on_worker(model, reqs, on_token))
+}
+
+/// [`on_worker`] for a generation loop: with the pool's other workers kept polling for work
+/// while it runs (`parallel::keep_warm`), so that none of its parallel calls pays a wake-up.
+pub(crate) fn on_generation_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    on_worker(|| keep_warm(f))
 }
 
 /// Runs `f` on a worker thread of the current rayon pool (the global pool when called from

@@ -234,11 +234,7 @@ pub fn generate_speculative_with(
     opts: SpecOptions,
     on_token: impl FnMut(usize, u32) + Send,
 ) -> Result<(Vec<GenOutput>, GenStats, SpecStats)> {
-    crate::engine::on_worker(|| {
-        specmoe_cpu_kernels::parallel::keep_warm(|| {
-            spec_on_worker(target, draft, reqs, opts, on_token)
-        })
-    })
+    crate::engine::on_generation_worker(|| spec_on_worker(target, draft, reqs, opts, on_token))
 }
 
 fn spec_on_worker(

@@ -314,6 +314,8 @@ unsafe fn pack_generic<S: crate::simd::Simd>(
     p: *mut f32,
 ) {
     let half = step / 2;
+    // A bf16 step is `2L` columns of the same path (`lanes(isa)`, as the dispatch chose `S`).
+    assert!(!deinterleave || half == S::L, "pack: step of another path");
     for t in 0..tokens {
         let src = std::slice::from_raw_parts(x.add(t * cols), cols);
         let dst = std::slice::from_raw_parts_mut(p.add(t * kp), kp);
@@ -323,19 +325,9 @@ unsafe fn pack_generic<S: crate::simd::Simd>(
             continue;
         }
         let full = cols / step;
-        if half == S::L {
-            for s in 0..full {
-                let d = dst.as_mut_ptr().add(s * step);
-                S::deinterleave(src.as_ptr().add(s * step), d, d.add(half));
-            }
-        } else {
-            for (c, d) in src.chunks_exact(step).zip(dst.chunks_exact_mut(step)) {
-                let (even, odd) = d.split_at_mut(half);
-                for j in 0..half {
-                    even[j] = c[2 * j];
-                    odd[j] = c[2 * j + 1];
-                }
-            }
+        for s in 0..full {
+            let d = dst.as_mut_ptr().add(s * step);
+            S::deinterleave(src.as_ptr().add(s * step), d, d.add(half));
         }
         let d = &mut dst[full * step..];
         d.fill(0.0);

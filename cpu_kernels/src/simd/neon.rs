@@ -10,6 +10,7 @@ pub(crate) struct Neon;
 
 impl Simd for Neon {
     type V = float32x4_t;
+    const L: usize = 4;
 
     #[inline(always)]
     unsafe fn deinterleave(src: *const f32, even: *mut f32, odd: *mut f32) {
@@ -17,7 +18,6 @@ impl Simd for Neon {
         vst1q_f32(even, vuzp1q_f32(a, b));
         vst1q_f32(odd, vuzp2q_f32(a, b));
     }
-    const L: usize = 4;
 
     #[inline(always)]
     unsafe fn zero() -> float32x4_t {
