@@ -1,7 +1,7 @@
 //! The register tile: `R` weight rows × `TB` tokens of vector accumulators over a run of
 //! steps, the ragged column tail, and the transposing horizontal sums into `out`.
 
-use super::rows::{elem_size, DT_BF16, DT_F16};
+use super::rows::{elem_size, step_len, DT_BF16, DT_F16};
 use crate::simd::Simd;
 
 /// [`Mk::flags`]: reduce into `out` at the end (else store the partial sums to `acc`).
@@ -21,10 +21,11 @@ pub(crate) struct Mk {
     pub(super) w: *const u8,
     /// Bytes between weight rows.
     pub(super) wrs: usize,
-    /// First packed `x` element of token 0 at the first step.
+    /// First packed `x` element of the token block's first token at the first step (the
+    /// block's tokens follow each other, `step` f32 each; see [`super::pack_x`]).
     pub(super) x: *const f32,
-    /// f32 between packed token rows.
-    pub(super) xs: usize,
+    /// f32 between consecutive steps of the token block's packed `x` (`TB · step`).
+    pub(super) sx: usize,
     /// Full steps to run.
     pub(super) steps: usize,
     /// Ragged columns after the steps (only on the last column block), `< step`.
@@ -53,7 +54,7 @@ pub(crate) struct Mk {
 #[inline(always)]
 pub(super) unsafe fn mk_body<S: Simd, const DT: u8, const R: usize, const TB: usize>(k: &Mk) {
     let esz = elem_size(DT);
-    let step = if DT == DT_BF16 { 2 * S::L } else { S::L };
+    let step = step_len::<S>(DT);
     for i in 0..k.nrb {
         let w = k.w.add(i * R * k.wrs);
         let mut a = [[S::zero(); TB]; R];
@@ -70,9 +71,9 @@ pub(super) unsafe fn mk_body<S: Simd, const DT: u8, const R: usize, const TB: us
             0
         };
         a = if pf_rows == R {
-            microkernel::<S, DT, R, TB, true>(w, k.wrs, k.x, k.xs, k.steps, a, w.add(R * k.wrs))
+            microkernel::<S, DT, R, TB, true>(w, k.wrs, k.x, k.sx, k.steps, a, w.add(R * k.wrs))
         } else {
-            microkernel::<S, DT, R, TB, false>(w, k.wrs, k.x, k.xs, k.steps, a, w)
+            microkernel::<S, DT, R, TB, false>(w, k.wrs, k.x, k.sx, k.steps, a, w)
         };
         if k.tail > 0 {
             let mut buf = [[0u8; 64]; R];
@@ -86,8 +87,8 @@ pub(super) unsafe fn mk_body<S: Simd, const DT: u8, const R: usize, const TB: us
             a = microkernel::<S, DT, R, TB, false>(
                 buf.as_ptr() as *const u8,
                 64,
-                k.x.add(k.steps * step),
-                k.xs,
+                k.x.add(k.steps * k.sx),
+                k.sx,
                 1,
                 a,
                 w,
@@ -119,95 +120,92 @@ pub(super) unsafe fn mk_body<S: Simd, const DT: u8, const R: usize, const TB: us
 }
 
 /// `acc[r][t] += Σ_k w[r, k] · x[t, k]` over `steps` steps, vector-wise (reduced later).
-/// `w` rows are `wrs` bytes apart, `x` token rows `xs` f32 apart (packed by
-/// [`super::pack_x`]). With `PF`, prefetches `pf` (same geometry as `w`) into L2.
+/// `w` rows are `wrs` bytes apart; `x` is step-major (packed by [`super::pack_x`]): step `s`
+/// of token `t` at `x + s·sx + t·step`. With `PF`, prefetches `pf` (same geometry as `w`)
+/// into L2.
 ///
-/// Per step each row's weights are converted once and FMA'd against the `TB` tokens'
-/// `x` vectors, which the compiler keeps in registers across the `R` rows — or, from
-/// `TB` = [`X_MEM_TB`] on, which the FMAs read from L1 as memory operands (one pointer per
-/// token, so that the address is not indexed and the FMA stays one fused uop).
-/// Either way each accumulator gets the same FMAs in the same order.
+/// Per step each row's weights are converted once (bf16: one shift and one mask give the
+/// even and odd halves) and FMA'd
+/// against the `TB` tokens' `x` vectors, which the compiler keeps in registers across the
+/// `R` rows, or, from `TB` = [`X_MEM_TB`] on, which the FMAs read from L1 as memory operands
+/// at constant displacements from one pointer per step ([`Simd::fma_mem_at`]). Either way
+/// each accumulator gets the same FMAs in the same order.
 #[inline(always)]
 unsafe fn microkernel<S: Simd, const DT: u8, const R: usize, const TB: usize, const PF: bool>(
     w: *const u8,
     wrs: usize,
     x: *const f32,
-    xs: usize,
+    sx: usize,
     steps: usize,
     mut acc: [[S::V; TB]; R],
     pf: *const u8,
 ) -> [[S::V; TB]; R] {
     let esz = elem_size(DT);
-    let step = if DT == DT_BF16 { 2 * S::L } else { S::L };
+    let step = step_len::<S>(DT);
+    let pair = DT == DT_BF16;
     // One prefetch per row per 64 bytes of weights.
     let pf_every = (64 / (step * esz)).max(1);
-    if TB >= X_MEM_TB {
-        // `x` read by the FMAs from L1, one pointer per token advanced per step.
-        let mut xp = [x; TB];
-        for (t, p) in xp.iter_mut().enumerate() {
-            *p = x.add(t * xs);
-        }
-        let mut wp = w;
-        let mut pfp = pf;
-        for s in 0..steps {
-            if PF && s % pf_every == 0 {
-                for r in 0..R {
-                    S::prefetch_l2(pfp.wrapping_add(r * wrs));
-                }
-            }
-            for (r, acc_r) in acc.iter_mut().enumerate() {
-                let wr = wp.add(r * wrs);
-                if DT == DT_BF16 {
-                    let (we, wo) = S::bf16x2(wr);
-                    for (a, &p) in acc_r.iter_mut().zip(&xp) {
-                        *a = S::fma2_mem(we, wo, p, *a);
-                    }
-                } else {
-                    let wv = if DT == DT_F16 {
-                        S::f16(wr)
-                    } else {
-                        S::load(wr as *const f32)
-                    };
-                    for (a, &p) in acc_r.iter_mut().zip(&xp) {
-                        *a = S::fma_mem(wv, p, *a);
-                    }
-                }
-            }
-            for p in xp.iter_mut() {
-                *p = p.add(step);
-            }
-            wp = wp.add(step * esz);
-            pfp = pfp.wrapping_add(step * esz);
-        }
-        return acc;
-    }
+    let mut wp = w;
+    let mut pfp = pf;
+    let mut xp = x;
     for s in 0..steps {
-        let k = s * step;
         if PF && s % pf_every == 0 {
             for r in 0..R {
-                S::prefetch_l2(pf.wrapping_add(r * wrs + k * esz));
+                S::prefetch_l2(pfp.wrapping_add(r * wrs));
             }
         }
         for (r, acc_r) in acc.iter_mut().enumerate() {
-            let wp = w.add(r * wrs + k * esz);
-            if DT == DT_BF16 {
-                let (we, wo) = S::bf16x2(wp);
+            let wr = wp.add(r * wrs);
+            let (w0, w1) = if DT == DT_BF16 {
+                S::bf16x2(wr)
+            } else if DT == DT_F16 {
+                (S::f16(wr), S::zero())
+            } else {
+                (S::load(wr as *const f32), S::zero())
+            };
+            if TB >= X_MEM_TB {
+                fma_tokens_mem::<S, TB>(pair, w0, w1, xp, acc_r);
+            } else if pair {
                 for (t, a) in acc_r.iter_mut().enumerate() {
-                    let xp = x.add(t * xs + k);
-                    *a = S::fma(we, S::load(xp), *a);
-                    *a = S::fma(wo, S::load(xp.add(S::L)), *a);
+                    let xt = xp.add(t * step);
+                    *a = S::fma(w0, S::load(xt), *a);
+                    *a = S::fma(w1, S::load(xt.add(S::L)), *a);
                 }
             } else {
-                let wv = if DT == DT_F16 {
-                    S::f16(wp)
-                } else {
-                    S::load(wp as *const f32)
-                };
                 for (t, a) in acc_r.iter_mut().enumerate() {
-                    *a = S::fma(wv, S::load(x.add(t * xs + k)), *a);
+                    *a = S::fma(w0, S::load(xp.add(t * step)), *a);
                 }
             }
         }
+        xp = xp.add(sx);
+        wp = wp.add(step * esz);
+        pfp = pfp.wrapping_add(step * esz);
     }
     acc
+}
+
+/// One row's FMAs of a step for all `TB ≤ 8` tokens of a step-major `x` at `xp`, reading
+/// `x` as memory operands ([`Simd::fma2_mem_at`] for pairs, else [`Simd::fma_mem_at`]).
+#[inline(always)]
+unsafe fn fma_tokens_mem<S: Simd, const TB: usize>(
+    pair: bool,
+    w0: S::V,
+    w1: S::V,
+    xp: *const f32,
+    acc: &mut [S::V; TB],
+) {
+    let acc: &mut [S::V] = acc;
+    macro_rules! tokens {
+        ($($t:literal)*) => {$(
+            if $t < TB {
+                acc[$t] = if pair {
+                    S::fma2_mem_at::<$t>(w0, w1, xp, acc[$t])
+                } else {
+                    S::fma_mem_at::<$t>(w0, xp, acc[$t])
+                };
+            }
+        )*};
+    }
+    debug_assert!(TB <= 8);
+    tokens!(0 1 2 3 4 5 6 7);
 }

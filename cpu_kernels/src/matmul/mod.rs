@@ -8,12 +8,14 @@
 //!
 //! # Kernel structure
 //!
-//! - `x` is first copied into a 64-byte aligned buffer `[tokens, kp]` (`kp` = `cols`
-//!   rounded up to one microkernel step, zero-filled, plus one cache line so that token
-//!   rows do not share an L1 set). For bf16 weights each step covers `2L` columns and `x`
-//!   is stored *de-interleaved* inside each step (the `L` even columns, then the `L` odd
-//!   ones): a bf16 pair loaded as one 32-bit lane then becomes two f32 vectors with one
-//!   shift and one mask (`w << 16`, `w & 0xFFFF0000`) and the dot product is unchanged.
+//! - `x` is first copied into a 64-byte aligned buffer, step-major per token block
+//!   (`pack_x`): for each block of the tile plan, step after step (one step = the columns
+//!   one microkernel iteration covers, the last one zero-padded), the block's tokens side by
+//!   side, so a tile addresses all its tokens from one pointer at constant offsets and each
+//!   block reads one contiguous range. For bf16 weights each step covers `2L` columns and
+//!   is stored *de-interleaved* (the `L` even columns, then the `L` odd ones): a bf16 pair
+//!   loaded as one 32-bit lane then becomes two f32 vectors with one shift and one mask
+//!   (`w << 16`, `w & 0xFFFF0000`) and the dot product is unchanged.
 //!   f16 uses F16C / `vcvtph2ps` (AVX-512, AVX2) or `FCVTL` (NEON).
 //! - The microkernel (`kernel.rs`) keeps `R × TB` vector accumulators (R weight rows × TB
 //!   tokens) in registers; per step it converts each row's weights once and FMAs them
@@ -179,8 +181,9 @@ pub fn matmul_many_with(isa: Isa, x: &[f32], tokens: usize, jobs: &mut [MatmulJo
     let isa = usable(isa);
     let l = lanes(isa);
 
-    // One packed copy of `x` per weight dtype present (f32 and f16 share the plain layout).
-    let mut packs: Vec<(bool, usize, Vec<Line>)> = Vec::new();
+    // One packed copy of `x` per step length present (bf16 steps are de-interleaved; f32
+    // and f16 share the plain layout).
+    let mut packs: Vec<(bool, Vec<Line>)> = Vec::new();
     // (job, pack, r0, r1, tile plan)
     let mut tasks: Vec<(usize, usize, usize, usize, Plan)> = Vec::new();
     let threads = rayon::current_num_threads();
@@ -198,10 +201,9 @@ pub fn matmul_many_with(isa: Isa, x: &[f32], tokens: usize, jobs: &mut [MatmulJo
         let bf = w.dtype == DType::BF16;
         let step = if bf { 2 * l } else { l };
         let tiles = plan(isa, tokens, w.cols);
-        // Packed rows are `kp` f32 apart: `cols` rounded up to a step, plus one cache line
-        // so that the token rows of a tile do not all map to the same L1 set.
-        let kp = w.cols.div_ceil(step) * step + 16;
-        let pi = match packs.iter().position(|p| p.0 == bf && p.1 == kp) {
+        // bf16 under a convert plan runs its f32 copy in steps of `L` (see `pack_x`).
+        let split = bf && tiles.convert;
+        let pi = match packs.iter().position(|p| p.0 == bf) {
             Some(p) => p,
             None => {
                 let mut xp = if packs.is_empty() {
@@ -209,8 +211,8 @@ pub fn matmul_many_with(isa: Isa, x: &[f32], tokens: usize, jobs: &mut [MatmulJo
                 } else {
                     Vec::new()
                 };
-                pack_x(isa, &mut xp, x, tokens, w.cols, kp, step, bf);
-                packs.push((bf, kp, xp));
+                pack_x(isa, &mut xp, x, tokens, tiles.tb, w.cols, step, bf, split);
+                packs.push((bf, xp));
                 packs.len() - 1
             }
         };
@@ -236,7 +238,8 @@ pub fn matmul_many_with(isa: Isa, x: &[f32], tokens: usize, jobs: &mut [MatmulJo
     let jobs = &*jobs;
     let run = |&(ji, pi, r0, r1, tiles): &(usize, usize, usize, usize, Plan)| {
         let w = &jobs[ji].w;
-        let (bf, kp, xp) = &packs[pi];
+        let (bf, xp) = &packs[pi];
+        let step = if *bf { 2 * l } else { l };
         let a = MmArgs {
             dt: match w.dtype {
                 DType::F32 => DT_F32,
@@ -247,7 +250,7 @@ pub fn matmul_many_with(isa: Isa, x: &[f32], tokens: usize, jobs: &mut [MatmulJo
             w: w.data.as_ptr(),
             cols: w.cols,
             x: xp.as_ptr() as *const f32,
-            kp: *kp,
+            x_steps: w.cols.div_ceil(step),
             tokens,
             r0,
             r1,
@@ -256,7 +259,8 @@ pub fn matmul_many_with(isa: Isa, x: &[f32], tokens: usize, jobs: &mut [MatmulJo
         };
         debug_assert_eq!(*bf, w.dtype == DType::BF16);
         // SAFETY: each job's `w.data` holds `rows * cols` elements and its `out`
-        // `tokens * rows` (asserted); the pack holds `tokens * kp` f32; this task writes only
+        // `tokens * rows` (asserted); the pack holds `cols.div_ceil(step) * tokens * step`
+        // f32 (`x` step-major per token block, every step padded); this task writes only
         // `out[t * rows + r]` of its own job for `r0 <= r < r1`, disjoint from every other
         // task's; the outputs are borrowed mutably for the whole call.
         unsafe { matmul_rows(isa, &a) }
@@ -266,7 +270,7 @@ pub fn matmul_many_with(isa: Isa, x: &[f32], tokens: usize, jobs: &mut [MatmulJo
     } else {
         tasks.par_iter().for_each(run);
     }
-    if let Some((_, _, xp)) = packs.into_iter().next() {
+    if let Some((_, xp)) = packs.into_iter().next() {
         PACK.with(|c| c.set(xp));
     }
 }
@@ -277,26 +281,47 @@ thread_local! {
     static PACK: std::cell::Cell<Vec<Line>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// Copies `x[tokens, cols]` into `buf` as `[tokens, kp]` f32 (64-byte aligned, zero-padded
-/// to `kp`, a multiple of 16 that covers `cols` rounded up to `step`) on `isa`'s path;
-/// with `deinterleave`, each step of `step` columns is stored as its even columns then its
-/// odd ones.
+/// Copies `x[tokens, cols]` into `buf` step-major per token block, on `isa`'s path.
+///
+/// The tokens are split into the balanced blocks of at most `tb` of the tile plan
+/// ([`rows::token_blocks`]); block `b` (first token `t0`, `n` tokens) takes the `n · steps · step`
+/// f32 from `t0 · steps · step` on, and within it step `s` (columns `s·step .. (s+1)·step`,
+/// the last one zero-padded) of its token `i` lies at `(s·n + i) · step`. So the tokens of a
+/// microkernel tile share one pointer per step and each token block reads one contiguous
+/// range (a stride of all tokens between steps put a 64-token block's every step in the
+/// same L1 sets). With `deinterleave` (bf16), each step is stored as its even columns,
+/// then its odd ones; with `split` too (bf16 under a plan that runs an f32 copy of the
+/// weights in steps of `L`), the halves are stored as two steps of `L` (half `h` of step
+/// `s` as step `2s + h`), so that copy's tile reads them with a stride of `n · L`.
 #[allow(clippy::too_many_arguments)]
 fn pack_x(
     isa: Isa,
     buf: &mut Vec<Line>,
     x: &[f32],
     tokens: usize,
+    tb: usize,
     cols: usize,
-    kp: usize,
     step: usize,
     deinterleave: bool,
+    split: bool,
 ) {
-    assert!(x.len() >= tokens * cols && kp >= cols.div_ceil(step) * step);
-    let base = aligned_f32(buf, tokens * kp);
-    // SAFETY: `aligned_f32` made `buf` hold at least `tokens * kp` f32 and `x` holds
-    // `tokens * cols` (asserted); `kp` covers `cols` rounded up to a step.
-    unsafe { pack_run(isa, x.as_ptr(), tokens, cols, kp, step, deinterleave, base) }
+    assert!(x.len() >= tokens * cols && step > 0 && tb > 0);
+    let base = aligned_f32(buf, cols.div_ceil(step) * tokens * step);
+    // SAFETY: `aligned_f32` made `buf` hold `cols.div_ceil(step) * tokens * step` f32 and
+    // `x` holds `tokens * cols` (asserted).
+    unsafe {
+        pack_run(
+            isa,
+            x.as_ptr(),
+            tokens,
+            tb,
+            cols,
+            step,
+            deinterleave,
+            split,
+            base,
+        )
+    }
 }
 
 /// The body of [`pack_x`], compiled per path: bf16 steps are de-interleaved with the
@@ -307,32 +332,67 @@ fn pack_x(
 unsafe fn pack_generic<S: crate::simd::Simd>(
     x: *const f32,
     tokens: usize,
+    tb: usize,
     cols: usize,
-    kp: usize,
     step: usize,
     deinterleave: bool,
+    split: bool,
     p: *mut f32,
 ) {
     let half = step / 2;
+    // Where half `h` (0 with `!split`) of step `s` of the block's token `i` starts.
+    let at = |s: usize, h: usize, i: usize, n: usize| {
+        if split {
+            ((2 * s + h) * n + i) * half
+        } else {
+            (s * n + i) * step
+        }
+    };
     // A bf16 step is `2L` columns of the same path (`lanes(isa)`, as the dispatch chose `S`).
     assert!(!deinterleave || half == S::L, "pack: step of another path");
-    for t in 0..tokens {
-        let src = std::slice::from_raw_parts(x.add(t * cols), cols);
-        let dst = std::slice::from_raw_parts_mut(p.add(t * kp), kp);
-        if !deinterleave {
-            dst[..cols].copy_from_slice(src);
-            dst[cols..].fill(0.0);
-            continue;
-        }
-        let full = cols / step;
-        for s in 0..full {
-            let d = dst.as_mut_ptr().add(s * step);
-            S::deinterleave(src.as_ptr().add(s * step), d, d.add(half));
-        }
-        let d = &mut dst[full * step..];
-        d.fill(0.0);
-        for (j, &v) in src[full * step..].iter().enumerate() {
-            d[(j % 2) * half + j / 2] = v;
+    let full = cols / step;
+    let steps = cols.div_ceil(step);
+    for (t0, n) in rows::token_blocks(tokens, tb) {
+        let pb = p.add(t0 * steps * step);
+        for i in 0..n {
+            let src = x.add((t0 + i) * cols);
+            for s in 0..full {
+                let d = pb.add(at(s, 0, i, n));
+                if deinterleave {
+                    let o = if split {
+                        pb.add(at(s, 1, i, n))
+                    } else {
+                        d.add(half)
+                    };
+                    S::deinterleave(src.add(s * step), d, o);
+                } else {
+                    std::ptr::copy_nonoverlapping(src.add(s * step), d, step);
+                }
+            }
+            let rest = cols - full * step;
+            if rest > 0 {
+                let mut d = [0.0f32; 64];
+                for (j, &v) in std::slice::from_raw_parts(src.add(full * step), rest)
+                    .iter()
+                    .enumerate()
+                {
+                    d[if deinterleave {
+                        (j % 2) * half + j / 2
+                    } else {
+                        j
+                    }] = v;
+                }
+                if split {
+                    std::ptr::copy_nonoverlapping(d.as_ptr(), pb.add(at(full, 0, i, n)), half);
+                    std::ptr::copy_nonoverlapping(
+                        d[half..].as_ptr(),
+                        pb.add(at(full, 1, i, n)),
+                        half,
+                    );
+                } else {
+                    std::ptr::copy_nonoverlapping(d.as_ptr(), pb.add(at(full, 0, i, n)), step);
+                }
+            }
         }
     }
 }
@@ -340,10 +400,11 @@ unsafe fn pack_generic<S: crate::simd::Simd>(
 crate::simd::isa_entry!(fn pack_run => pack_generic(
     x: *const f32,
     tokens: usize,
+    tb: usize,
     cols: usize,
-    kp: usize,
     step: usize,
     deinterleave: bool,
+    split: bool,
     p: *mut f32,
 ));
 

@@ -19,6 +19,17 @@ pub(super) const fn elem_size(dt: u8) -> usize {
     }
 }
 
+/// Columns (= packed `x` f32 per token) of one microkernel step of dtype code `dt` on path
+/// `S`: `2L` for bf16, `L` otherwise.
+#[inline(always)]
+pub(super) const fn step_len<S: Simd>(dt: u8) -> usize {
+    if dt == DT_BF16 {
+        2 * S::L
+    } else {
+        S::L
+    }
+}
+
 /// Tile shape of one call: `rows` weight rows × up to `tb` tokens per microkernel tile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Plan {
@@ -105,6 +116,14 @@ pub(super) fn plan(isa: Isa, tokens: usize, cols: usize) -> Plan {
     }
 }
 
+/// The balanced token blocks of at most `tb` tokens that a plan of largest block `tb` splits
+/// `tokens` into, as (first token, tokens): the first `tokens % nb` blocks take one more.
+pub(super) fn token_blocks(tokens: usize, tb: usize) -> impl Iterator<Item = (usize, usize)> {
+    let nb = tokens.div_ceil(tb).max(1);
+    let (base, extra) = (tokens / nb, tokens % nb);
+    (0..nb).map(move |b| (b * base + b.min(extra), base + usize::from(b < extra)))
+}
+
 /// Arguments of one row-range task (raw pointers: see the safety note in
 /// [`super::matmul_with`]).
 pub(crate) struct MmArgs {
@@ -113,7 +132,9 @@ pub(crate) struct MmArgs {
     pub(super) w: *const u8,
     pub(super) cols: usize,
     pub(super) x: *const f32,
-    pub(super) kp: usize,
+    /// Steps of the packed `x` per token (`cols` rounded up to a step; see
+    /// [`super::pack_x`]).
+    pub(super) x_steps: usize,
     pub(super) tokens: usize,
     pub(super) r0: usize,
     pub(super) r1: usize,
@@ -250,7 +271,7 @@ const X_BLOCK_BYTES: usize = 256 * 1024;
 #[inline(always)]
 unsafe fn rows_cfg<S: MatmulTiles, const DT: u8, const R: usize, const TBMAX: usize>(a: &MmArgs) {
     let esz = elem_size(DT);
-    let step = if DT == DT_BF16 { 2 * S::L } else { S::L };
+    let step = step_len::<S>(DT);
     let steps = a.cols / step;
     let nb = a.tokens.div_ceil(TBMAX);
     let kc_steps = if nb == 1 {
@@ -260,14 +281,13 @@ unsafe fn rows_cfg<S: MatmulTiles, const DT: u8, const R: usize, const TBMAX: us
         let x_steps = X_BLOCK_BYTES / (a.tokens * step * 4);
         w_steps.min(x_steps).max(1)
     };
-    let x_in_l2 = a.tokens * a.kp * 4 <= X_BLOCK_BYTES;
+    let x_in_l2 = a.x_steps * a.tokens * step * 4 <= X_BLOCK_BYTES;
     let blocked = kc_steps < steps;
     let geo = RowsGeo {
         step,
         steps,
         kc_steps,
         blocked,
-        nb,
         sp: std::ptr::null_mut(),
     };
     if x_in_l2 && !blocked && nb == 1 {
@@ -350,7 +370,6 @@ struct RowsGeo {
     steps: usize,
     kc_steps: usize,
     blocked: bool,
-    nb: usize,
     sp: *mut f32,
 }
 
@@ -380,10 +399,14 @@ unsafe fn column_block<S: MatmulTiles, const DT: u8, const R: usize, const TBMAX
     let last = k0 + ks == geo.steps;
     let tail = if last { a.cols % step } else { 0 };
     let w = a.w.add(r * wrs + k0 * step * esz);
-    // (A convert plan always has several token blocks, so one row block per call.)
-    let convert = DT != DT_F32 && a.tiles.convert && nrb == 1;
+    // (A convert plan is 6 × 3 and always has several token blocks, so one row block per
+    // call; the tile check keeps the copy's kernels out of the other plans' code.)
+    let convert = DT != DT_F32 && TBMAX == 3 && a.tiles.convert && nrb == 1;
     let mut buf = Vec::new();
-    // The weights the microkernel reads: (first byte, bytes between rows, steps, tail).
+    // The weights the microkernel reads: (first byte, bytes between rows, steps, tail,
+    // f32 between the steps of a token block's `x`). The f32 copy runs in steps of `L`:
+    // a bf16 step's even half, then its odd half, as `x` is packed for convert plans
+    // ([`super::pack_x`]).
     let (kw, kwrs, ksteps, ktail) = if convert {
         let row_f32 = (ks + usize::from(tail > 0)) * step;
         buf = CONVERTED.with(|c| c.take());
@@ -407,11 +430,7 @@ unsafe fn column_block<S: MatmulTiles, const DT: u8, const R: usize, const TBMAX
     } else {
         (w, wrs, ks, tail)
     };
-    let base = a.tokens / geo.nb;
-    let extra = a.tokens % geo.nb;
-    let mut t0 = 0;
-    for b in 0..geo.nb {
-        let tb = base + usize::from(b < extra);
+    for (b, (t0, tb)) in token_blocks(a.tokens, TBMAX).enumerate() {
         let mut flags = 0;
         if last {
             flags |= MK_REDUCE;
@@ -424,8 +443,8 @@ unsafe fn column_block<S: MatmulTiles, const DT: u8, const R: usize, const TBMAX
         let k = Mk {
             w: kw,
             wrs: kwrs,
-            x: a.x.add(t0 * a.kp + k0 * step),
-            xs: a.kp,
+            x: a.x.add((t0 * a.x_steps + k0 * tb) * step),
+            sx: tb * if convert { S::L } else { step },
             steps: ksteps,
             tail: ktail,
             nrb,
@@ -445,7 +464,6 @@ unsafe fn column_block<S: MatmulTiles, const DT: u8, const R: usize, const TBMAX
         } else {
             token_block::<S, DT, R, TBMAX>(tb, &k);
         }
-        t0 += tb;
     }
     if convert {
         CONVERTED.with(|c| c.set(buf));

@@ -85,21 +85,29 @@ pub(crate) trait Simd: Copy {
         }
     }
 
-    /// `a + w · load(p)` (one rounding), where the path can force it with the load as the
-    /// FMA's memory operand: the loaded vector then takes no register and equal loads are
-    /// not merged, so a register tile can read its other operand straight from L1 (the
-    /// matmul's 7–8-token tiles). Bitwise equal to `fma(w, load(p), a)`.
+    /// `a + w · load(p + T·L)` (one rounding), where the path can force it with the load as
+    /// the FMA's memory operand at a constant displacement from `p`: the loaded vector then
+    /// takes no register, equal loads are not merged, and the `TB` tokens of a step-major
+    /// packed `x` (token `T` at `T·L` f32 from the step's start) share one pointer, so a
+    /// register tile reads its other operand straight from L1 (the matmul's 7–8-token
+    /// tiles). Bitwise equal to `fma(w, load(p.add(T * L)), a)`.
     #[inline(always)]
-    unsafe fn fma_mem(w: Self::V, p: *const f32, a: Self::V) -> Self::V {
-        Self::fma(w, Self::load(p), a)
+    unsafe fn fma_mem_at<const T: usize>(w: Self::V, p: *const f32, a: Self::V) -> Self::V {
+        Self::fma(w, Self::load(p.add(T * Self::L)), a)
     }
 
-    /// [`Simd::fma_mem`] of `w0` at `p`, then of `w1` at `p + L` (a bf16 step's even and
-    /// odd halves).
+    /// [`Simd::fma_mem_at`] for pairs: `w0` at `p + 2T·L`, then `w1` at `p + 2T·L + L` (a
+    /// bf16 step's even and odd halves of token `T`, tokens `2L` f32 apart).
     #[inline(always)]
-    unsafe fn fma2_mem(w0: Self::V, w1: Self::V, p: *const f32, a: Self::V) -> Self::V {
-        let a = Self::fma_mem(w0, p, a);
-        Self::fma_mem(w1, p.add(Self::L), a)
+    unsafe fn fma2_mem_at<const T: usize>(
+        w0: Self::V,
+        w1: Self::V,
+        p: *const f32,
+        a: Self::V,
+    ) -> Self::V {
+        let q = p.add(2 * T * Self::L);
+        let a = Self::fma(w0, Self::load(q), a);
+        Self::fma(w1, Self::load(q.add(Self::L)), a)
     }
 
     /// Hints that the cache line at `p` will be read later: fetch it into L2 (never faults).

@@ -154,12 +154,17 @@ impl Simd for Avx512 {
     }
 
     #[inline(always)]
-    unsafe fn fma_mem(w: __m512, p: *const f32, a: __m512) -> __m512 {
-        fma_mem_512(w, p, a)
+    unsafe fn fma_mem_at<const T: usize>(w: __m512, p: *const f32, a: __m512) -> __m512 {
+        fma_mem_512::<T>(w, p, a)
     }
     #[inline(always)]
-    unsafe fn fma2_mem(w0: __m512, w1: __m512, p: *const f32, a: __m512) -> __m512 {
-        fma2_mem_512(w0, w1, p, a)
+    unsafe fn fma2_mem_at<const T: usize>(
+        w0: __m512,
+        w1: __m512,
+        p: *const f32,
+        a: __m512,
+    ) -> __m512 {
+        fma2_mem_512::<T>(w0, w1, p, a)
     }
 
     #[inline(always)]
@@ -199,35 +204,45 @@ impl Simd for Avx512 {
     }
 }
 
-/// `a + w · [p]` as one `vfmadd231ps` with a memory operand (an intrinsic load would be
-/// hoisted into a register and shared between the rows of a tile). The address is a
-/// plain register (+ displacement): an indexed one would un-laminate the FMA into two
-/// fused-domain uops. Inlined into its AVX-512 callers (a target-feature function cannot
-/// be `inline(always)`).
+/// `a + w · [p + 64·T]` as one `vfmadd231ps` with a memory operand (an intrinsic load
+/// would be hoisted into a register and shared between the rows of a tile). The address is
+/// a plain register + constant displacement: an indexed one would un-laminate the FMA into
+/// two fused-domain uops, and one register per token ran out of registers (spilled offsets
+/// reloaded every step). Inlined into its AVX-512 callers (a target-feature function
+/// cannot be `inline(always)`).
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn fma_mem_512(w: __m512, p: *const f32, mut a: __m512) -> __m512 {
+unsafe fn fma_mem_512<const T: usize>(w: __m512, p: *const f32, mut a: __m512) -> __m512 {
     core::arch::asm!(
-        "vfmadd231ps {a}, {w}, zmmword ptr [{p}]",
+        "vfmadd231ps {a}, {w}, zmmword ptr [{p} + {o}]",
         a = inout(zmm_reg) a,
         w = in(zmm_reg) w,
         p = in(reg) p,
+        o = const 64 * T,
         options(pure, readonly, nostack, preserves_flags),
     );
     a
 }
 
-/// [`fma_mem_512`] of `w0` at `p`, then of `w1` 64 bytes further.
+/// `a + w0 · [p + 128·T] + w1 · [p + 128·T + 64]` as two [`fma_mem_512`]s (token `T`'s
+/// even and odd halves of a bf16 step).
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn fma2_mem_512(w0: __m512, w1: __m512, p: *const f32, mut a: __m512) -> __m512 {
+unsafe fn fma2_mem_512<const T: usize>(
+    w0: __m512,
+    w1: __m512,
+    p: *const f32,
+    mut a: __m512,
+) -> __m512 {
     core::arch::asm!(
-        "vfmadd231ps {a}, {w0}, zmmword ptr [{p}]",
-        "vfmadd231ps {a}, {w1}, zmmword ptr [{p} + 64]",
+        "vfmadd231ps {a}, {w0}, zmmword ptr [{p} + {o0}]",
+        "vfmadd231ps {a}, {w1}, zmmword ptr [{p} + {o1}]",
         a = inout(zmm_reg) a,
         w0 = in(zmm_reg) w0,
         w1 = in(zmm_reg) w1,
         p = in(reg) p,
+        o0 = const 128 * T,
+        o1 = const 128 * T + 64,
         options(pure, readonly, nostack, preserves_flags),
     );
     a
