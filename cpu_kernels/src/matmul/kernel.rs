@@ -206,6 +206,6 @@ unsafe fn fma_tokens_mem<S: Simd, const TB: usize>(
             }
         )*};
     }
-    debug_assert!(TB <= 8);
+    const { assert!(TB <= 8, "the memory-operand tile covers at most 8 tokens") };
     tokens!(0 1 2 3 4 5 6 7);
 }

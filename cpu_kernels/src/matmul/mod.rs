@@ -284,15 +284,16 @@ thread_local! {
 /// Copies `x[tokens, cols]` into `buf` step-major per token block, on `isa`'s path.
 ///
 /// The tokens are split into the balanced blocks of at most `tb` of the tile plan
-/// ([`rows::token_blocks`]); block `b` (first token `t0`, `n` tokens) takes the `n · steps · step`
-/// f32 from `t0 · steps · step` on, and within it step `s` (columns `s·step .. (s+1)·step`,
-/// the last one zero-padded) of its token `i` lies at `(s·n + i) · step`. So the tokens of a
-/// microkernel tile share one pointer per step and each token block reads one contiguous
-/// range (a stride of all tokens between steps put a 64-token block's every step in the
-/// same L1 sets). With `deinterleave` (bf16), each step is stored as its even columns,
-/// then its odd ones; with `split` too (bf16 under a plan that runs an f32 copy of the
-/// weights in steps of `L`), the halves are stored as two steps of `L` (half `h` of step
-/// `s` as step `2s + h`), so that copy's tile reads them with a stride of `n · L`.
+/// ([`rows::token_blocks`]); block `b` (first token `t0`, `n` tokens) takes the
+/// `n · steps · step` f32 from `t0 · steps · step` on, and within it step `s` (columns
+/// `s·step .. (s+1)·step`, the last one zero-padded) of its token `i` lies at
+/// `(s·n + i) · step`. So the tokens of a microkernel tile share one pointer per step and
+/// each token block reads one contiguous range (a stride of all tokens between steps put a
+/// 64-token block's every step in the same L1 sets). With `deinterleave` (bf16), each step
+/// is stored as its even columns, then its odd ones; with `split` too (bf16 under a plan
+/// that runs an f32 copy of the weights in steps of `L`), the halves are stored as two
+/// steps of `L` (half `h` of step `s` as step `2s + h`), so that copy's tile reads them with
+/// a stride of `n · L`.
 #[allow(clippy::too_many_arguments)]
 fn pack_x(
     isa: Isa,
