@@ -299,6 +299,7 @@ unsafe fn item_generic<S: AttnTiles>(s: &SeqRef<'_>, it: &Item) {
 }
 
 mod bodies;
+mod prefetch;
 mod small;
 mod tiles;
 

@@ -5,7 +5,8 @@
 //! element goes through the same roundings as in the broadcast form ([`super::tiles`]), so
 //! the two forms give bitwise identical rows and the form can follow `M`.
 
-use super::tiles::{carve, chunk_stride, copy_chunk, prefetch_row, AttnTiles, Geometry};
+use super::prefetch::ChunkPrefetch;
+use super::tiles::{carve, chunk_stride, copy_chunk, AttnTiles, Geometry};
 use super::*;
 
 thread_local! {
@@ -146,31 +147,30 @@ pub(super) unsafe fn item_small<S: AttnTiles>(s: &SeqRef<'_>, it: &Item) {
     while c0 < g.kv_end {
         let cn = c.min(g.kv_end - c0);
         let next_n = c.min(g.kv_end - c0 - cn);
+        // The next chunk's rows, prefetched in three batches per head of this chunk.
         let pf_n = if sw_prefetch { next_n } else { 0 };
+        let mut pf = ChunkPrefetch::new(&s.k, &s.v, c0 + cn, pf_n, it.h0, nh);
+        let batch = pf.lines().div_ceil(3 * nh);
         for h in 0..nh {
             let kvh = it.h0 + h;
             let (qs, os) = (qs.add(h * rows * d), os.add(h * rows * dp));
             let (mrow, lsum) = (mrow.add(h * mp), lsum.add(h * mp));
             // Kᵀ of the chunk.
+            pf.advance::<S>(batch);
             if kf32 {
-                for p in 0..pf_n {
-                    prefetch_row::<S>(&s.k, c0 + cn + p, kvh);
-                }
                 let src = kbase.add(s.k.layout.offset(c0, kvh) * 4) as *const f32;
                 transpose_chunk::<S>(src, ts, cn, d, kt);
             } else {
-                copy_chunk::<S>(&s.k, c0, cn, pf_n, kvh, 1, kc, ds);
+                copy_chunk::<S>(&s.k, c0, cn, kvh, 1, kc, ds);
                 transpose_chunk::<S>(kc, ds, cn, d, kt);
             }
             let (vp, vs) = if vdirect {
-                for p in 0..pf_n {
-                    prefetch_row::<S>(&s.v, c0 + cn + p, kvh);
-                }
                 (vbase.add(s.v.layout.offset(c0, kvh) * 4) as *const f32, ts)
             } else {
-                copy_chunk::<S>(&s.v, c0, cn, pf_n, kvh, 1, vc, ds);
+                copy_chunk::<S>(&s.v, c0, cn, kvh, 1, vc, ds);
                 (vc as *const f32, ds)
             };
+            pf.advance::<S>(batch);
             // Scores S[m][p]; positions past the chunk, and past each row's query, → −∞.
             S::qk_rows(kt, c, qs, d, d, sc, c, rows);
             for mi in 0..rows {
@@ -217,8 +217,10 @@ pub(super) unsafe fn item_small<S: AttnTiles>(s: &SeqRef<'_>, it: &Item) {
                 S::store(corr.add(o), cr);
                 o += S::L;
             }
+            pf.advance::<S>(batch);
             S::pv_rows(vp, vs, sc, c, cn, os, dp, corr, rows, dv);
         }
+        pf.advance::<S>(usize::MAX);
         c0 += cn;
     }
 

@@ -3,6 +3,7 @@
 //! of a work item (the small form is in `small.rs`).
 
 use super::bodies::*;
+use super::prefetch::ChunkPrefetch;
 use super::*;
 
 /// Per-path register tiles of the attention microkernels.
@@ -214,17 +215,16 @@ pub(super) unsafe fn widen_row<S: Simd>(dt: DType, src: *const u8, dst: *mut f32
 
 /// Copies rows `c0..c0 + cn` of KV heads `h0..h0 + nh` into `scratch` as f32
 /// (`[head][row][ds]`, widening f16/bf16), token by token (a token-major cache is read
-/// sequentially), and prefetches the same rows of the next chunk (`next_n` rows at
-/// `c0 + cn`) into L2. Copying keeps the microkernels' rows contiguous and off
-/// power-of-two strides (a token-major cache puts one head's rows `kv_heads · d` elements
-/// apart, which maps them all to the same L1 set); f32 head-major rows are read in place.
+/// sequentially). Copying keeps the microkernels' rows contiguous and off power-of-two
+/// strides (a token-major cache puts one head's rows `kv_heads · d` elements apart, which
+/// maps them all to the same L1 set); f32 head-major rows are read in place. The next
+/// chunk is prefetched while this one is computed ([`ChunkPrefetch`]).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn copy_chunk<S: Simd>(
     kv: &KvView<'_>,
     c0: usize,
     cn: usize,
-    next_n: usize,
     h0: usize,
     nh: usize,
     scratch: *mut f32,
@@ -242,9 +242,6 @@ pub(super) unsafe fn copy_chunk<S: Simd>(
                 scratch.add((h * KV_CHUNK + p) * ds),
                 lay.head_dim,
             );
-            if p < next_n {
-                prefetch_row::<S>(kv, c0 + cn + p, h0 + h);
-            }
         }
     }
 }
@@ -253,19 +250,6 @@ pub(super) unsafe fn copy_chunk<S: Simd>(
 /// consecutive rows fall in different L1 sets.
 pub(super) fn chunk_stride(d: usize) -> usize {
     d.div_ceil(16) * 16 + 16
-}
-
-/// Prefetches KV row `t` of head `h` into L2.
-#[inline(always)]
-pub(super) unsafe fn prefetch_row<S: Simd>(kv: &KvView<'_>, t: usize, h: usize) {
-    let esz = kv.dtype.size();
-    let start = kv.data.as_ptr().wrapping_add(kv.layout.offset(t, h) * esz);
-    let bytes = kv.layout.head_dim * esz;
-    let mut o = 0;
-    while o < bytes {
-        S::prefetch_l2(start.wrapping_add(o));
-        o += 64;
-    }
 }
 
 /// Splits `buf` (grown as needed, 64-byte aligned) into consecutive parts of the given
@@ -391,9 +375,19 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
     while c0 < g.kv_end {
         let cn = c.min(g.kv_end - c0);
         let next_n = c.min(g.kv_end - c0 - cn);
+        // The next chunk's rows are prefetched a batch before each tile of this chunk.
+        let mut pf = ChunkPrefetch::new(
+            &s.k,
+            &s.v,
+            c0 + cn,
+            if direct { 0 } else { next_n },
+            it.h0,
+            nh,
+        );
+        let batch = pf.lines().div_ceil(nh * (cn.div_ceil(PB) + d.div_ceil(PB)));
         if !direct {
-            copy_chunk::<S>(&s.k, c0, cn, next_n, it.h0, nh, kc, ds);
-            copy_chunk::<S>(&s.v, c0, cn, next_n, it.h0, nh, vc, ds);
+            copy_chunk::<S>(&s.k, c0, cn, it.h0, nh, kc, ds);
+            copy_chunk::<S>(&s.v, c0, cn, it.h0, nh, vc, ds);
         }
         for h in 0..nh {
             let (qt, ot) = (qt.add(h * d * mp), ot.add(h * d * mp));
@@ -415,6 +409,7 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
             let mut p = 0;
             while p < cn {
                 let (kr, sr) = (kp.add(p * rs), sc.add(p * mp));
+                pf.advance::<S>(batch);
                 p += if p + PB <= cn {
                     S::qk::<MV, PB>(kr, rs, qt, mp, d, sr);
                     PB
@@ -463,6 +458,7 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
             let mut j = 0;
             while j < d {
                 let (vr, or) = (vp.add(j * 4), ot.add(j * mp));
+                pf.advance::<S>(batch);
                 j += if j + PB <= d {
                     S::pv::<MV, PB>(vr, rs, sc, mp, cn, or, corr);
                     PB
@@ -478,6 +474,7 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
                 };
             }
         }
+        pf.advance::<S>(usize::MAX);
         c0 += cn;
     }
 
