@@ -143,8 +143,15 @@ fn decode_verify_and_prefill_every_dtype_group_and_head_dim() {
 
 #[test]
 fn long_kv_head_dim_128() {
+    // Both layouts: a token-major cache is read in place (f32) or widened chunk by chunk,
+    // with the next chunk prefetched meanwhile, over many chunks.
     for dtype in DTYPES {
-        for &(n, kv_len) in &[(1, 1100), (8, 1500), (4, 1027)] {
+        for &(n, kv_len, head_major) in &[
+            (1, 1100, true),
+            (8, 1500, true),
+            (4, 1027, false),
+            (8, 700, false),
+        ] {
             let c = Case {
                 n,
                 kv_len,
@@ -152,7 +159,7 @@ fn long_kv_head_dim_128() {
                 kv_heads: 2,
                 d: 128,
                 dtype,
-                head_major: true,
+                head_major,
             };
             check(&c, 77 + n as u64);
         }

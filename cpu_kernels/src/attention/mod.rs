@@ -19,9 +19,9 @@
 //! - broadcast form (`M` > the path's `SMALL_M`): the rows' queries are stored transposed
 //!   and pre-scaled, `Qᵀ[d][m]`, so each key element `K[p][j]` is broadcast once and FMA'd
 //!   against a vector of query rows (`Sᵀ[p][m] += K[p][j] · Qᵀ[j][m]`);
-//!   `Oᵀ[j][m] = Oᵀ[j][m] · corr[m] + Σ_p V[p][j] · P[p][m]` likewise. f32 KV with
-//!   contiguous rows (head-major) is read in place; otherwise each chunk is copied
-//!   (f16/bf16 widened) into a padded f32 scratch, token by token, prefetching the next;
+//!   `Oᵀ[j][m] = Oᵀ[j][m] · corr[m] + Σ_p V[p][j] · P[p][m]` likewise. f32 KV is read in
+//!   place (head-major or token-major); f16/bf16 chunks are widened into a padded f32
+//!   scratch, token by token; a token-major cache's next chunk is prefetched meanwhile;
 //! - small form (few rows: decode, verification with a small group): the chunk's keys are
 //!   transposed to `Kᵀ[d][KV_CHUNK]` (keys in lanes, one FMA chain over `j` per score) and
 //!   `O[m][:] += P[m][p] · V[p][:]` with dims in lanes, f32 `V` read in place;

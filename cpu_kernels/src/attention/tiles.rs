@@ -215,9 +215,7 @@ pub(super) unsafe fn widen_row<S: Simd>(dt: DType, src: *const u8, dst: *mut f32
 
 /// Copies rows `c0..c0 + cn` of KV heads `h0..h0 + nh` into `scratch` as f32
 /// (`[head][row][ds]`, widening f16/bf16), token by token (a token-major cache is read
-/// sequentially). Copying keeps the microkernels' rows contiguous and off power-of-two
-/// strides (a token-major cache puts one head's rows `kv_heads · d` elements apart, which
-/// maps them all to the same L1 set); f32 head-major rows are read in place. The next
+/// sequentially), for the tiles that need f32 rows (f32 rows are read in place). The next
 /// chunk is prefetched while this one is computed ([`ChunkPrefetch`]).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -323,8 +321,10 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
     let (d, ds, nh) = (g.d, g.ds, g.nh);
     let mp = MV * S::L;
     let c = KV_CHUNK;
-    // f32 rows already contiguous (head-major): read in place.
-    let direct = s.k.dtype == DType::F32 && s.v.dtype == DType::F32 && s.k.layout.token_stride == d;
+    // f32 rows are read in place, also from a token-major cache whose rows of one head
+    // are `kv_heads · d` apart (a power of two, one L1 set for a block's keys): the copy
+    // that avoided those conflicts cost more (8-token calls 18–20 % slower with it).
+    let direct = s.k.dtype == DType::F32 && s.v.dtype == DType::F32;
 
     let mut buf = ATTN_SCRATCH.with(|x| x.take());
     let [qt, ot, sc, kc, vc, mrow, lsum, corr, ipos, rows_buf] = carve(
@@ -375,12 +375,17 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
     while c0 < g.kv_end {
         let cn = c.min(g.kv_end - c0);
         let next_n = c.min(g.kv_end - c0 - cn);
-        // The next chunk's rows are prefetched a batch before each tile of this chunk.
+        // The next chunk's rows are prefetched a batch before each tile of this chunk
+        // (head-major rows are contiguous: the hardware prefetcher follows them).
         let mut pf = ChunkPrefetch::new(
             &s.k,
             &s.v,
             c0 + cn,
-            if direct { 0 } else { next_n },
+            if s.k.layout.token_stride == d {
+                0
+            } else {
+                next_n
+            },
             it.h0,
             nh,
         );
@@ -397,7 +402,7 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
                 (
                     s.k.data.as_ptr().add(off),
                     s.v.data.as_ptr().add(off),
-                    d * 4,
+                    s.k.layout.token_stride * 4,
                 )
             } else {
                 let (k, v) = (kc.add(h * c * ds), vc.add(h * c * ds));
