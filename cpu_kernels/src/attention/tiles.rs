@@ -324,7 +324,7 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
     // f32 rows are read in place, also from a token-major cache whose rows of one head
     // are `kv_heads · d` apart (a power of two, one L1 set for a block's keys): the copy
     // that avoided those conflicts cost more (8-token calls 18–20 % slower with it).
-    let direct = s.k.dtype == DType::F32 && s.v.dtype == DType::F32;
+    let (direct_k, direct_v) = (s.k.dtype == DType::F32, s.v.dtype == DType::F32);
 
     let mut buf = ATTN_SCRATCH.with(|x| x.take());
     let [qt, ot, sc, kc, vc, mrow, lsum, corr, ipos, rows_buf] = carve(
@@ -390,42 +390,45 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
             nh,
         );
         let batch = pf.lines().div_ceil(nh * (cn.div_ceil(PB) + d.div_ceil(PB)));
-        if !direct {
+        if !direct_k {
             copy_chunk::<S>(&s.k, c0, cn, it.h0, nh, kc, ds);
+        }
+        if !direct_v {
             copy_chunk::<S>(&s.v, c0, cn, it.h0, nh, vc, ds);
         }
         for h in 0..nh {
             let (qt, ot) = (qt.add(h * d * mp), ot.add(h * d * mp));
             let (mrow, lsum) = (mrow.add(h * mp), lsum.add(h * mp));
-            let (kp, vp, rs) = if direct {
+            let (kp, ks) = if direct_k {
                 let off = s.k.layout.offset(c0, it.h0 + h) * 4;
-                (
-                    s.k.data.as_ptr().add(off),
-                    s.v.data.as_ptr().add(off),
-                    s.k.layout.token_stride * 4,
-                )
+                (s.k.data.as_ptr().add(off), s.k.layout.token_stride * 4)
             } else {
-                let (k, v) = (kc.add(h * c * ds), vc.add(h * c * ds));
-                (k as *const u8, v as *const u8, ds * 4)
+                (kc.add(h * c * ds) as *const u8, ds * 4)
+            };
+            let (vp, vs) = if direct_v {
+                let off = s.v.layout.offset(c0, it.h0 + h) * 4;
+                (s.v.data.as_ptr().add(off), s.v.layout.token_stride * 4)
+            } else {
+                (vc.add(h * c * ds) as *const u8, ds * 4)
             };
             // Scores Sᵀ[p][m].
             // Keys past the last full block in blocks of 4, 2, 1: a single key is one FMA
             // latency chain over `d`.
             let mut p = 0;
             while p < cn {
-                let (kr, sr) = (kp.add(p * rs), sc.add(p * mp));
+                let (kr, sr) = (kp.add(p * ks), sc.add(p * mp));
                 pf.advance::<S>(batch);
                 p += if p + PB <= cn {
-                    S::qk::<MV, PB>(kr, rs, qt, mp, d, sr);
+                    S::qk::<MV, PB>(kr, ks, qt, mp, d, sr);
                     PB
                 } else if PB > 4 && p + 4 <= cn {
-                    S::qk::<MV, 4>(kr, rs, qt, mp, d, sr);
+                    S::qk::<MV, 4>(kr, ks, qt, mp, d, sr);
                     4
                 } else if PB > 2 && p + 2 <= cn {
-                    S::qk::<MV, 2>(kr, rs, qt, mp, d, sr);
+                    S::qk::<MV, 2>(kr, ks, qt, mp, d, sr);
                     2
                 } else {
-                    S::qk::<MV, 1>(kr, rs, qt, mp, d, sr);
+                    S::qk::<MV, 1>(kr, ks, qt, mp, d, sr);
                     1
                 };
             }
@@ -465,16 +468,16 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
                 let (vr, or) = (vp.add(j * 4), ot.add(j * mp));
                 pf.advance::<S>(batch);
                 j += if j + PB <= d {
-                    S::pv::<MV, PB>(vr, rs, sc, mp, cn, or, corr);
+                    S::pv::<MV, PB>(vr, vs, sc, mp, cn, or, corr);
                     PB
                 } else if PB > 4 && j + 4 <= d {
-                    S::pv::<MV, 4>(vr, rs, sc, mp, cn, or, corr);
+                    S::pv::<MV, 4>(vr, vs, sc, mp, cn, or, corr);
                     4
                 } else if PB > 2 && j + 2 <= d {
-                    S::pv::<MV, 2>(vr, rs, sc, mp, cn, or, corr);
+                    S::pv::<MV, 2>(vr, vs, sc, mp, cn, or, corr);
                     2
                 } else {
-                    S::pv::<MV, 1>(vr, rs, sc, mp, cn, or, corr);
+                    S::pv::<MV, 1>(vr, vs, sc, mp, cn, or, corr);
                     1
                 };
             }
