@@ -323,7 +323,7 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
     let c = KV_CHUNK;
     // f32 rows are read in place, also from a token-major cache whose rows of one head
     // are `kv_heads · d` apart (a power of two, one L1 set for a block's keys): the copy
-    // that avoided those conflicts cost more (8-token calls 18–20 % slower with it).
+    // that avoided those conflicts cost more (8-token calls ≈ 10 % slower with it).
     let (direct_k, direct_v) = (s.k.dtype == DType::F32, s.v.dtype == DType::F32);
 
     let mut buf = ATTN_SCRATCH.with(|x| x.take());
