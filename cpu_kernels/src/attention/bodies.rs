@@ -209,8 +209,10 @@ pub(super) unsafe fn qk_body<S: Simd, const MV: usize, const PB: usize>(
 }
 
 /// `Oᵀ[jb][v] = Oᵀ[jb][v] · corr[v] + Σ_p V[p][jb] · P[p][v]` for `JB` dims (V rows `vs`
-/// bytes apart, f32, starting at the block's first dim) over `cn` positions.
+/// bytes apart, f32, starting at the block's first dim) over `cn` positions, prefetching
+/// line `pf[p]` into L2 at position `p` (the next KV chunk, spread over the tile).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn pv_body<S: Simd, const MV: usize, const JB: usize>(
     v: *const u8,
     vs: usize,
@@ -219,6 +221,7 @@ pub(super) unsafe fn pv_body<S: Simd, const MV: usize, const JB: usize>(
     cn: usize,
     ot: *mut f32,
     corr: *const f32,
+    pf: &[*const u8],
 ) {
     let mut acc = [[S::zero(); MV]; JB];
     let mut c = [S::zero(); MV];
@@ -231,6 +234,9 @@ pub(super) unsafe fn pv_body<S: Simd, const MV: usize, const JB: usize>(
         }
     }
     for pi in 0..cn {
+        if pi < pf.len() {
+            S::prefetch_l2(*pf.get_unchecked(pi));
+        }
         let mut pw = [S::zero(); MV];
         for (i, w) in pw.iter_mut().enumerate() {
             *w = S::load(p.add(pi * mp + i * S::L));

@@ -8,8 +8,9 @@
 //! verification call and 78 % of a decode call sat on the instruction after a prefetch).
 //! [`ChunkPrefetch`] instead walks the next chunk's lines in memory order (position, then K
 //! and V, then head, then line: a token-major cache with every head in the item is read
-//! sequentially) and issues them in small batches between the current chunk's tiles, so
-//! that the DRAM reads overlap the arithmetic.
+//! sequentially) and issues them spread over the current chunk's work (inside the output
+//! tiles of the broadcast form, in three batches per head in the small form), so that the
+//! DRAM reads overlap the arithmetic.
 
 use super::KvView;
 use crate::simd::Simd;
@@ -68,6 +69,17 @@ impl<'a> ChunkPrefetch<'a> {
     #[inline(always)]
     pub(super) unsafe fn advance<S: Simd>(&mut self, count: usize) {
         self.advance_with(count, |p| S::prefetch_l2(p));
+    }
+
+    /// Writes the next `out.len()` lines' addresses (fewer at the end) to `out` instead of
+    /// prefetching them; returns how many.
+    pub(super) fn fill(&mut self, out: &mut [*const u8]) -> usize {
+        let mut n = 0;
+        self.advance_with(out.len(), |p| {
+            out[n] = p;
+            n += 1;
+        });
+        n
     }
 
     /// [`ChunkPrefetch::advance`] with `f` called on each line's first byte instead.
@@ -139,6 +151,18 @@ mod tests {
             }
         }
         assert_eq!(seen, want);
+        // `fill` hands out the same lines, a batch at a time.
+        let mut pf = ChunkPrefetch::new(&kv_k, &kv_v, 4, 3, 1, 2);
+        let mut filled = Vec::new();
+        let mut buf = [std::ptr::null::<u8>(); 7];
+        loop {
+            let n = pf.fill(&mut buf);
+            filled.extend(buf[..n].iter().map(|&p| p as usize));
+            if n < buf.len() {
+                break;
+            }
+        }
+        assert_eq!(filled, want);
         // Nothing for an empty range.
         let mut none = ChunkPrefetch::new(&kv_k, &kv_v, 4, 0, 1, 2);
         assert_eq!(none.lines(), 0);

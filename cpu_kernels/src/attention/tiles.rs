@@ -48,6 +48,7 @@ pub(crate) trait AttnTiles: Simd {
         s: *mut f32,
     );
     /// [`pv_body`] as its own function with the path's target features.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn pv<const MV: usize, const JB: usize>(
         v: *const u8,
         vs: usize,
@@ -56,6 +57,7 @@ pub(crate) trait AttnTiles: Simd {
         cn: usize,
         ot: *mut f32,
         corr: *const f32,
+        pf: &[*const u8],
     );
 }
 
@@ -88,6 +90,7 @@ macro_rules! attn_tiles {
             }
             $(#[target_feature(enable = $feat)])?
             #[inline(never)]
+            #[allow(clippy::too_many_arguments)]
             unsafe fn pv<const MV: usize, const JB: usize>(
                 v: *const u8,
                 vs: usize,
@@ -96,8 +99,9 @@ macro_rules! attn_tiles {
                 cn: usize,
                 ot: *mut f32,
                 corr: *const f32,
+                pf: &[*const u8],
             ) {
-                pv_body::<Self, MV, JB>(v, vs, p, mp, cn, ot, corr)
+                pv_body::<Self, MV, JB>(v, vs, p, mp, cn, ot, corr, pf)
             }
             $(#[target_feature(enable = $feat)])?
             #[inline(never)]
@@ -375,8 +379,9 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
     while c0 < g.kv_end {
         let cn = c.min(g.kv_end - c0);
         let next_n = c.min(g.kv_end - c0 - cn);
-        // The next chunk's rows are prefetched a batch before each tile of this chunk
-        // (head-major rows are contiguous: the hardware prefetcher follows them).
+        // The next chunk's rows are prefetched by this chunk's output tiles, one line per
+        // position step (head-major rows are contiguous: the hardware prefetcher follows
+        // them). Batches between tiles were ≈ 5 % slower: each burst waited for fill buffers.
         let mut pf = ChunkPrefetch::new(
             &s.k,
             &s.v,
@@ -389,7 +394,8 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
             it.h0,
             nh,
         );
-        let batch = pf.lines().div_ceil(nh * (cn.div_ceil(PB) + d.div_ceil(PB)));
+        // Spread over the output tiles, at most one line per position step of a tile.
+        let batch = pf.lines().div_ceil(nh * d.div_ceil(PB)).min(cn);
         if !direct_k {
             copy_chunk::<S>(&s.k, c0, cn, it.h0, nh, kc, ds);
         }
@@ -417,7 +423,6 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
             let mut p = 0;
             while p < cn {
                 let (kr, sr) = (kp.add(p * ks), sc.add(p * mp));
-                pf.advance::<S>(batch);
                 p += if p + PB <= cn {
                     S::qk::<MV, PB>(kr, ks, qt, mp, d, sr);
                     PB
@@ -464,20 +469,22 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
             }
             // Oᵀ = Oᵀ · corr + Vᵀ P.
             let mut j = 0;
+            let mut list = [std::ptr::null::<u8>(); KV_CHUNK];
             while j < d {
                 let (vr, or) = (vp.add(j * 4), ot.add(j * mp));
-                pf.advance::<S>(batch);
+                let n = pf.fill(&mut list[..batch]);
+                let l = &list[..n];
                 j += if j + PB <= d {
-                    S::pv::<MV, PB>(vr, vs, sc, mp, cn, or, corr);
+                    S::pv::<MV, PB>(vr, vs, sc, mp, cn, or, corr, l);
                     PB
                 } else if PB > 4 && j + 4 <= d {
-                    S::pv::<MV, 4>(vr, vs, sc, mp, cn, or, corr);
+                    S::pv::<MV, 4>(vr, vs, sc, mp, cn, or, corr, l);
                     4
                 } else if PB > 2 && j + 2 <= d {
-                    S::pv::<MV, 2>(vr, vs, sc, mp, cn, or, corr);
+                    S::pv::<MV, 2>(vr, vs, sc, mp, cn, or, corr, l);
                     2
                 } else {
-                    S::pv::<MV, 1>(vr, vs, sc, mp, cn, or, corr);
+                    S::pv::<MV, 1>(vr, vs, sc, mp, cn, or, corr, l);
                     1
                 };
             }
