@@ -550,7 +550,7 @@ unsafe fn transpose_cols<S: Simd>(src: *const f32, mp: usize, d: usize, dst: *mu
 /// The canonical sum of one chunk's probabilities, for the rows of one vector: the
 /// positions' values `e[p]` (`e[p] = 0` for `p ≥ cn`, `p < KV_CHUNK`) are added as a
 /// halving tree — `e[p] += e[p + h]` for `h = 16, 8, 4, 2, 1` — which the small form
-/// reproduces with keys in lanes ([`super::small::chunk_sum`]), so both give the same bits.
+/// reproduces with keys in lanes (`small::chunk_sum`), so both give the same bits.
 /// `e` rows are `mp` f32 apart.
 #[inline(always)]
 pub(super) unsafe fn chunk_sum_rows<S: Simd>(e: *const f32, mp: usize, cn: usize) -> S::V {

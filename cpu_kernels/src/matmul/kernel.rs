@@ -9,7 +9,7 @@ pub(super) const MK_REDUCE: u8 = 1;
 /// [`Mk::flags`]: prefetch each row block's successor into L2 while it runs.
 pub(super) const MK_PF: u8 = 2;
 
-/// From this token block on, `x` is read by the FMAs straight from L1 ([`Simd::fma_mem`])
+/// From this token block on, `x` is read by the FMAs straight from L1 ([`Simd::fma_mem_at`])
 /// instead of being held in registers: `R · TB` accumulators and one row's converted
 /// weights are all the tile keeps live.
 const X_MEM_TB: usize = 7;
@@ -125,9 +125,8 @@ pub(super) unsafe fn mk_body<S: Simd, const DT: u8, const R: usize, const TB: us
 /// into L2.
 ///
 /// Per step each row's weights are converted once (bf16: one shift and one mask give the
-/// even and odd halves) and FMA'd
-/// against the `TB` tokens' `x` vectors, which the compiler keeps in registers across the
-/// `R` rows, or, from `TB` = [`X_MEM_TB`] on, which the FMAs read from L1 as memory operands
+/// even and odd halves) and FMA'd against the `TB` tokens' `x` vectors, which the compiler
+/// keeps in registers across the `R` rows, or, from `TB` = [`X_MEM_TB`] on, which the FMAs read from L1 as memory operands
 /// at constant displacements from one pointer per step ([`Simd::fma_mem_at`]). Either way
 /// each accumulator gets the same FMAs in the same order.
 #[inline(always)]

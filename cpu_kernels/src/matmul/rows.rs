@@ -63,7 +63,7 @@ pub(super) const CONVERT_TOKENS: usize = 16;
 /// and a row's converted weights: 1–3 tokens run as one token block on R = 6 rows, 4 as
 /// one block on R = 4, 5–6 as one block on R = 3 (each weight vector converted once).
 /// On AVX-512, 7–8 tokens run as one block on R = 3 × TB = 8 whose FMAs read `x` straight
-/// from L1 ([`crate::simd::Simd::fma_mem`]): 24 accumulators and one row's converted
+/// from L1 ([`crate::simd::Simd::fma_mem_at`]): 24 accumulators and one row's converted
 /// weights are all it keeps live, so it does not spill (holding `x` too did). From 9 tokens
 /// on (from 7 on NEON), blocks of ≤ 3 on R = 6 with `x` in registers: with several token
 /// blocks `x` is streamed from L2 once per row block, and R = 6 halves that traffic
