@@ -26,11 +26,12 @@ pub(super) struct ChunkPrefetch<'a> {
     /// Cache lines per row (`d` elements).
     row_lines: usize,
     // Position of the cursor: row `t0 + p`, buffer `which` (0 = K, 1 = V), head `h0 + h`,
-    // line `line` of the row.
+    // line `line` of the row, which starts at `row` (set when `line` is 0).
     p: usize,
     which: usize,
     h: usize,
     line: usize,
+    row: *const u8,
 }
 
 impl<'a> ChunkPrefetch<'a> {
@@ -56,6 +57,7 @@ impl<'a> ChunkPrefetch<'a> {
             which: 0,
             h: 0,
             line: 0,
+            row: std::ptr::null(),
         }
     }
 
@@ -89,9 +91,12 @@ impl<'a> ChunkPrefetch<'a> {
             if self.p >= self.n {
                 return;
             }
-            let kv = self.kv[self.which];
-            let row = kv.layout.offset(self.t0 + self.p, self.h0 + self.h) * kv.dtype.size();
-            f(kv.data.as_ptr().wrapping_add(row + 64 * self.line));
+            if self.line == 0 {
+                let kv = self.kv[self.which];
+                let at = kv.layout.offset(self.t0 + self.p, self.h0 + self.h) * kv.dtype.size();
+                self.row = kv.data.as_ptr().wrapping_add(at);
+            }
+            f(self.row.wrapping_add(64 * self.line));
             self.line += 1;
             if self.line == self.row_lines {
                 self.line = 0;

@@ -222,7 +222,6 @@ pub(super) unsafe fn widen_row<S: Simd>(dt: DType, src: *const u8, dst: *mut f32
 /// sequentially), for the tiles that need f32 rows (f32 rows are read in place). The next
 /// chunk is prefetched while this one is computed ([`ChunkPrefetch`]).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn copy_chunk<S: Simd>(
     kv: &KvView<'_>,
     c0: usize,
@@ -396,6 +395,7 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
         );
         // Spread over the output tiles, at most one line per position step of a tile.
         let batch = pf.lines().div_ceil(nh * d.div_ceil(PB)).min(cn);
+        let mut list = [std::ptr::null::<u8>(); KV_CHUNK];
         if !direct_k {
             copy_chunk::<S>(&s.k, c0, cn, it.h0, nh, kc, ds);
         }
@@ -469,7 +469,6 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
             }
             // Oᵀ = Oᵀ · corr + Vᵀ P.
             let mut j = 0;
-            let mut list = [std::ptr::null::<u8>(); KV_CHUNK];
             while j < d {
                 let (vr, or) = (vp.add(j * 4), ot.add(j * mp));
                 let n = pf.fill(&mut list[..batch]);
