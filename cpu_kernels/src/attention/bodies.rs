@@ -2,6 +2,7 @@
 //! the broadcast form (rows in lanes) and the small form (keys or dims in lanes). Every
 //! score and output element is computed with the same sequence of roundings in both forms.
 
+use super::prefetch::ChunkPrefetch;
 use super::*;
 
 /// Keys-in-lanes scores of the small form: `s[m][p] = Σ_j Kᵀ[j][p] · Q[m][j]` for `MB`
@@ -210,7 +211,8 @@ pub(super) unsafe fn qk_body<S: Simd, const MV: usize, const PB: usize>(
 
 /// `Oᵀ[jb][v] = Oᵀ[jb][v] · corr[v] + Σ_p V[p][jb] · P[p][v]` for `JB` dims (V rows `vs`
 /// bytes apart, f32, starting at the block's first dim) over `cn` positions, prefetching
-/// line `pf[p]` into L2 at position `p` (the next KV chunk, spread over the tile).
+/// the next `pf_n` lines of `pf` into L2, one per position step (the next KV chunk, spread
+/// over the tiles).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn pv_body<S: Simd, const MV: usize, const JB: usize>(
@@ -221,7 +223,8 @@ pub(super) unsafe fn pv_body<S: Simd, const MV: usize, const JB: usize>(
     cn: usize,
     ot: *mut f32,
     corr: *const f32,
-    pf: &[*const u8],
+    pf: &mut ChunkPrefetch<'_>,
+    pf_n: usize,
 ) {
     let mut acc = [[S::zero(); MV]; JB];
     let mut c = [S::zero(); MV];
@@ -234,8 +237,8 @@ pub(super) unsafe fn pv_body<S: Simd, const MV: usize, const JB: usize>(
         }
     }
     for pi in 0..cn {
-        if pi < pf.len() {
-            S::prefetch_l2(*pf.get_unchecked(pi));
+        if pi < pf_n {
+            pf.next::<S>();
         }
         let mut pw = [S::zero(); MV];
         for (i, w) in pw.iter_mut().enumerate() {

@@ -57,7 +57,8 @@ pub(crate) trait AttnTiles: Simd {
         cn: usize,
         ot: *mut f32,
         corr: *const f32,
-        pf: &[*const u8],
+        pf: &mut ChunkPrefetch<'_>,
+        pf_n: usize,
     );
 }
 
@@ -99,9 +100,10 @@ macro_rules! attn_tiles {
                 cn: usize,
                 ot: *mut f32,
                 corr: *const f32,
-                pf: &[*const u8],
+                pf: &mut ChunkPrefetch<'_>,
+                pf_n: usize,
             ) {
-                pv_body::<Self, MV, JB>(v, vs, p, mp, cn, ot, corr, pf)
+                pv_body::<Self, MV, JB>(v, vs, p, mp, cn, ot, corr, pf, pf_n)
             }
             $(#[target_feature(enable = $feat)])?
             #[inline(never)]
@@ -395,7 +397,6 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
         );
         // Spread over the output tiles, at most one line per position step of a tile.
         let batch = pf.lines().div_ceil(nh * d.div_ceil(PB)).min(cn);
-        let mut list = [std::ptr::null::<u8>(); KV_CHUNK];
         if !direct_k {
             copy_chunk::<S>(&s.k, c0, cn, it.h0, nh, kc, ds);
         }
@@ -471,19 +472,17 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
             let mut j = 0;
             while j < d {
                 let (vr, or) = (vp.add(j * 4), ot.add(j * mp));
-                let n = pf.fill(&mut list[..batch]);
-                let l = &list[..n];
                 j += if j + PB <= d {
-                    S::pv::<MV, PB>(vr, vs, sc, mp, cn, or, corr, l);
+                    S::pv::<MV, PB>(vr, vs, sc, mp, cn, or, corr, &mut pf, batch);
                     PB
                 } else if PB > 4 && j + 4 <= d {
-                    S::pv::<MV, 4>(vr, vs, sc, mp, cn, or, corr, l);
+                    S::pv::<MV, 4>(vr, vs, sc, mp, cn, or, corr, &mut pf, batch);
                     4
                 } else if PB > 2 && j + 2 <= d {
-                    S::pv::<MV, 2>(vr, vs, sc, mp, cn, or, corr, l);
+                    S::pv::<MV, 2>(vr, vs, sc, mp, cn, or, corr, &mut pf, batch);
                     2
                 } else {
-                    S::pv::<MV, 1>(vr, vs, sc, mp, cn, or, corr, l);
+                    S::pv::<MV, 1>(vr, vs, sc, mp, cn, or, corr, &mut pf, batch);
                     1
                 };
             }
