@@ -5,7 +5,7 @@
 //! element goes through the same roundings as in the broadcast form ([`super::tiles`]), so
 //! the two forms give bitwise identical rows and the form can follow `M`.
 
-use super::prefetch::ChunkPrefetch;
+use super::prefetch::{sw_prefetch, ChunkPrefetch};
 use super::tiles::{carve, chunk_stride, copy_chunk, AttnTiles, Geometry};
 use super::*;
 
@@ -95,9 +95,7 @@ pub(super) unsafe fn item_small<S: AttnTiles>(s: &SeqRef<'_>, it: &Item) {
     let ds = chunk_stride(d).max(dp);
     let kf32 = s.k.dtype == DType::F32;
     let vdirect = s.v.dtype == DType::F32 && d % S::L == 0;
-    // Rows already contiguous (head-major) are left to the hardware prefetcher.
     let ts = s.k.layout.token_stride;
-    let sw_prefetch = ts != d;
 
     let mut buf = SMALL_SCRATCH.with(|x| x.take());
     let [qs, os, sc, kt, kc, vc, mrow, lsum, mnew, csum, corr] = carve(
@@ -147,8 +145,9 @@ pub(super) unsafe fn item_small<S: AttnTiles>(s: &SeqRef<'_>, it: &Item) {
     while c0 < g.kv_end {
         let cn = c.min(g.kv_end - c0);
         let next_n = c.min(g.kv_end - c0 - cn);
-        // The next chunk's rows, prefetched in three batches per head of this chunk.
-        let pf_n = if sw_prefetch { next_n } else { 0 };
+        // The next chunk's rows, prefetched in three batches per head of this chunk
+        // (unless [`sw_prefetch`] leaves them to the hardware prefetcher).
+        let pf_n = if sw_prefetch(s) { next_n } else { 0 };
         let mut pf = ChunkPrefetch::new(&s.k, &s.v, c0 + cn, pf_n, it.h0, nh);
         let batch = pf.lines().div_ceil(3 * nh);
         for h in 0..nh {
