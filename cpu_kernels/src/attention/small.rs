@@ -148,7 +148,7 @@ pub(super) unsafe fn item_small<S: AttnTiles>(s: &SeqRef<'_>, it: &Item) {
         // The next chunk's rows, prefetched in three batches per head of this chunk
         // (unless [`sw_prefetch`] leaves them to the hardware prefetcher).
         let pf_n = if sw_prefetch(s) { next_n } else { 0 };
-        let mut pf = ChunkPrefetch::new(&s.k, &s.v, c0 + cn, pf_n, it.h0, nh);
+        let mut pf = ChunkPrefetch::by_rows(&s.k, &s.v, c0 + cn, pf_n, it.h0, nh);
         let batch = pf.lines().div_ceil(3 * nh);
         for h in 0..nh {
             let kvh = it.h0 + h;
