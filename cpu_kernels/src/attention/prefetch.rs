@@ -17,13 +17,14 @@ use super::{KvView, SeqRef};
 use crate::simd::Simd;
 use crate::DType;
 
-/// Whether a sequence's next KV chunk is prefetched by software ([`ChunkPrefetch`]) or
-/// left to the hardware prefetcher. Measured (batch 4 × 2048 positions, 8 KV heads of
-/// 128, alternated binaries): a token-major cache (each head's rows `kv_heads · d` apart)
-/// always gains; a head-major one (rows contiguous) gains with f32 rows (decode 7–10 %,
-/// 8-token verification 7–9 % faster) but not with 2-byte rows (bf16 decode 4 % slower
-/// with the prefetches, verification the same).
-pub(super) fn sw_prefetch(s: &SeqRef<'_>) -> bool {
+/// Whether the small form prefetches a sequence's next KV chunk by software
+/// ([`ChunkPrefetch`]) or leaves it to the hardware prefetcher (the broadcast form always
+/// prefetches). Measured (batch 4 × 2048 positions, 8 KV heads of 128, alternated
+/// binaries): a token-major cache (each head's rows `kv_heads · d` apart) always gains; a
+/// head-major one (rows contiguous) gains with f32 rows (decode 7–10 % faster) but not
+/// with 2-byte rows (f16 decode up to 8 % slower on two threads with the prefetches, bf16
+/// the same).
+pub(super) fn small_sw_prefetch(s: &SeqRef<'_>) -> bool {
     let lay = s.k.layout;
     lay.token_stride != lay.head_dim || s.k.dtype == DType::F32
 }
