@@ -17,16 +17,25 @@ use super::{KvView, SeqRef};
 use crate::simd::Simd;
 use crate::DType;
 
-/// Whether the small form prefetches a sequence's next KV chunk by software
-/// ([`ChunkPrefetch`]) or leaves it to the hardware prefetcher (the broadcast form always
-/// prefetches). Measured (batch 4 × 2048 positions, 8 KV heads of 128, alternated
-/// binaries): a token-major cache (each head's rows `kv_heads · d` apart) always gains; a
-/// head-major one (rows contiguous) gains with f32 rows (decode 7–10 % faster) but not
-/// with 2-byte rows (f16 decode up to 8 % slower on two threads with the prefetches, bf16
-/// the same).
-pub(super) fn small_sw_prefetch(s: &SeqRef<'_>) -> bool {
+/// Below this many bytes of K and V per sequence (one layer, all KV heads) the next chunk
+/// is not prefetched by software: such a cache stays in L2 or the LLC between steps, and
+/// the prefetch instructions only cost (the bundled pair's speculative decode, ≈ 300 KB
+/// per layer, was 4–5 % slower with them).
+const PF_MIN_KV_BYTES: usize = 1 << 20;
+
+/// Whether a sequence's next KV chunk is prefetched by software ([`ChunkPrefetch`]) in the
+/// small form (`small`) or the broadcast form, or left to the hardware prefetcher.
+/// Measured (batch 4 × 2048 positions, 8 KV heads of 128, alternated binaries): the
+/// broadcast form gains in every layout and dtype (head-major 8-token calls 5–9 % faster,
+/// f32 or bf16); the small form gains with a token-major cache (each head's rows
+/// `kv_heads · d` apart) and with a head-major one of f32 rows (decode 7–10 % faster), but
+/// not with head-major 2-byte rows (f16 decode up to 8 % slower on two threads, bf16 the
+/// same). Small caches ([`PF_MIN_KV_BYTES`]) never.
+pub(super) fn sw_prefetch(s: &SeqRef<'_>, small: bool) -> bool {
     let lay = s.k.layout;
-    lay.token_stride != lay.head_dim || s.k.dtype == DType::F32
+    let kv_bytes = 2 * s.shape.kv_len * lay.kv_heads * lay.head_dim * s.k.dtype.size();
+    kv_bytes >= PF_MIN_KV_BYTES
+        && (!small || lay.token_stride != lay.head_dim || s.k.dtype == DType::F32)
 }
 
 /// How the lines of a chunk group into contiguous runs.

@@ -5,7 +5,7 @@
 //! element goes through the same roundings as in the broadcast form ([`super::tiles`]), so
 //! the two forms give bitwise identical rows and the form can follow `M`.
 
-use super::prefetch::{small_sw_prefetch, ChunkPrefetch};
+use super::prefetch::{sw_prefetch, ChunkPrefetch};
 use super::tiles::{carve, chunk_stride, copy_chunk, AttnTiles, Geometry};
 use super::*;
 
@@ -145,11 +145,11 @@ pub(super) unsafe fn item_small<S: AttnTiles>(s: &SeqRef<'_>, it: &Item) {
     while c0 < g.kv_end {
         let cn = c.min(g.kv_end - c0);
         let next_n = c.min(g.kv_end - c0 - cn);
-        // The next chunk's rows (unless [`small_sw_prefetch`] leaves them to the hardware
+        // The next chunk's rows (unless [`sw_prefetch`] leaves them to the hardware
         // prefetcher): with 2-byte K and V, a few lines per row widened (against three
         // batches per head: decode 7–12 % faster on one thread, token-major), else in
         // three batches per head of this chunk.
-        let pf_n = if small_sw_prefetch(s) { next_n } else { 0 };
+        let pf_n = if sw_prefetch(s, true) { next_n } else { 0 };
         let mut pf = ChunkPrefetch::by_rows(&s.k, &s.v, c0 + cn, pf_n, it.h0, nh);
         let (per_row, batch) = if kf32 {
             (0, pf.lines().div_ceil(3 * nh))

@@ -3,7 +3,7 @@
 //! of a work item (the small form is in `small.rs`).
 
 use super::bodies::*;
-use super::prefetch::ChunkPrefetch;
+use super::prefetch::{sw_prefetch, ChunkPrefetch};
 use super::*;
 
 /// Per-path register tiles of the attention microkernels.
@@ -384,9 +384,9 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
         let next_n = c.min(g.kv_end - c0 - cn);
         // The next chunk's rows are prefetched by this chunk's output tiles, one line per
         // position step (batches between the tiles measured the same or up to 5 % slower),
-        // in either layout and dtype (left to the hardware prefetcher, head-major 8-token
-        // calls took 5–9 % longer, f32 or bf16).
-        let mut pf = ChunkPrefetch::new(&s.k, &s.v, c0 + cn, next_n, it.h0, nh);
+        // unless [`sw_prefetch`] leaves them to the hardware prefetcher.
+        let pf_n = if sw_prefetch(s, false) { next_n } else { 0 };
+        let mut pf = ChunkPrefetch::new(&s.k, &s.v, c0 + cn, pf_n, it.h0, nh);
         // Spread over the output tiles, at most one line per position step of a tile.
         let batch = pf.lines().div_ceil(nh * d.div_ceil(PB)).min(cn);
         if !direct_k {
