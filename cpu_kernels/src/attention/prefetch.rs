@@ -70,8 +70,13 @@ pub(super) struct ChunkPrefetch<'a> {
     run_lines: usize,
     /// Runs in all.
     n_runs: usize,
-    /// The next run to open.
-    r: usize,
+    /// Runs not opened yet.
+    runs_left: usize,
+    /// The next run to open: position `t0 + p`, buffer `which` (0 = K, 1 = V), head
+    /// `h0 + h` (stepped in the order of [`Runs`], so that opening a run never divides).
+    p: usize,
+    which: usize,
+    h: usize,
     /// The next line of the open run and how many of its lines are left.
     at: *const u8,
     left: usize,
@@ -139,7 +144,10 @@ impl<'a> ChunkPrefetch<'a> {
             runs,
             run_lines: run_bytes.div_ceil(64),
             n_runs: if n == 0 { 0 } else { n_runs },
-            r: 0,
+            runs_left: if n == 0 { 0 } else { n_runs },
+            p: 0,
+            which: 0,
+            h: 0,
             at: std::ptr::null(),
             left: 0,
         }
@@ -177,23 +185,38 @@ impl<'a> ChunkPrefetch<'a> {
         true
     }
 
-    /// Opens run `r` (false when there is none left).
+    /// Opens the next run (false when there is none left).
     #[inline(never)]
     fn open_run(&mut self) -> bool {
-        if self.r >= self.n_runs {
+        if self.runs_left == 0 {
             return false;
         }
-        let r = self.r;
-        let (which, p, h) = match self.runs {
-            Runs::Token => (r % 2, r / 2, 0),
-            Runs::Head => (r / self.nh, 0, r % self.nh),
-            Runs::Row => ((r / self.nh) % 2, r / (2 * self.nh), r % self.nh),
-        };
-        let kv = self.kv[which];
-        let off = kv.layout.offset(self.t0 + p, self.h0 + h) * kv.dtype.size();
+        let kv = self.kv[self.which];
+        let off = kv.layout.offset(self.t0 + self.p, self.h0 + self.h) * kv.dtype.size();
         self.at = kv.data.as_ptr().wrapping_add(off);
         self.left = self.run_lines;
-        self.r += 1;
+        self.runs_left -= 1;
+        match self.runs {
+            Runs::Token => {
+                self.which ^= 1;
+                self.p += usize::from(self.which == 0);
+            }
+            Runs::Head => {
+                self.h += 1;
+                if self.h == self.nh {
+                    self.h = 0;
+                    self.which += 1;
+                }
+            }
+            Runs::Row => {
+                self.h += 1;
+                if self.h == self.nh {
+                    self.h = 0;
+                    self.which ^= 1;
+                    self.p += usize::from(self.which == 0);
+                }
+            }
+        }
         true
     }
 
