@@ -9,9 +9,9 @@
 //! [`ChunkPrefetch`] instead walks the next chunk's lines in memory order, as contiguous
 //! runs (a token-major cache: per position, all the item's heads; head-major: per head,
 //! all the chunk's positions) or row by row, and issues them spread over the current
-//! chunk's work (one per step inside the score and output tiles of the broadcast form, in
-//! three batches per head in the small form), so that the DRAM reads overlap the
-//! arithmetic.
+//! chunk's work (one per position step inside the output tiles of the broadcast form; in
+//! the small form a few per row it widens, or three batches per head), so that the DRAM
+//! reads overlap the arithmetic. [`sw_prefetch`] says when it is worth doing.
 
 use super::{KvView, SeqRef};
 use crate::simd::Simd;
@@ -59,7 +59,6 @@ enum Runs {
 /// The lines are walked as contiguous runs in memory order ([`Runs`]), so that the next
 /// line is one add away from the last: inside a tile a prefetch costs a few instructions,
 /// and the output tiles run close to the core's issue width.
-#[derive(Clone, Copy)]
 pub(super) struct ChunkPrefetch<'a> {
     kv: [&'a KvView<'a>; 2],
     t0: usize,
