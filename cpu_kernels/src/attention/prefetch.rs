@@ -47,7 +47,7 @@ enum Runs {
     /// Positions adjacent within a head (head-major): one run per buffer and head, over
     /// all the chunk's positions; runs in order (K/V, head).
     Head,
-    /// One run per row (neither adjacent, or asked for by [`ChunkPrefetch::by_rows`]);
+    /// One run per row (neither adjacent, or asked for with `by_rows`);
     /// runs in order (position, K/V, head).
     Row,
 }
@@ -83,9 +83,11 @@ pub(super) struct ChunkPrefetch<'a> {
 
 impl<'a> ChunkPrefetch<'a> {
     /// The lines of rows `t0 .. t0 + n` of heads `h0 .. h0 + nh` of `k` and `v` (which must
-    /// share one layout and dtype) in the longest contiguous runs the layout has; `n = 0`
-    /// for nothing. The broadcast form's order: with a head-major cache, 8-token calls
-    /// took 6–10 % less time than row by row.
+    /// share one layout and dtype); `n = 0` for nothing. Walked in the longest contiguous
+    /// runs the layout has (the broadcast form's order: with a head-major cache, 8-token
+    /// calls took 6–10 % less time than row by row), or with `by_rows` one row per run in
+    /// the order (position, K/V, head) (the small form's: with a head-major cache, decode
+    /// calls took ≈ 10 % more time with the runs).
     pub(super) fn new(
         k: &'a KvView<'a>,
         v: &'a KvView<'a>,
@@ -93,41 +95,18 @@ impl<'a> ChunkPrefetch<'a> {
         n: usize,
         h0: usize,
         nh: usize,
+        by_rows: bool,
     ) -> Self {
         let lay = k.layout;
-        let runs = if lay.token_stride == lay.head_dim {
+        let runs = if by_rows {
+            Runs::Row
+        } else if lay.token_stride == lay.head_dim {
             Runs::Head
         } else if lay.head_stride == lay.head_dim {
             Runs::Token
         } else {
             Runs::Row
         };
-        Self::with_runs(k, v, t0, n, h0, nh, runs)
-    }
-
-    /// [`ChunkPrefetch::new`], but one row per run in the order (position, K/V, head): the
-    /// small form's order (with a head-major cache, decode calls took ≈ 10 % more time
-    /// with the runs of [`ChunkPrefetch::new`]).
-    pub(super) fn by_rows(
-        k: &'a KvView<'a>,
-        v: &'a KvView<'a>,
-        t0: usize,
-        n: usize,
-        h0: usize,
-        nh: usize,
-    ) -> Self {
-        Self::with_runs(k, v, t0, n, h0, nh, Runs::Row)
-    }
-
-    fn with_runs(
-        k: &'a KvView<'a>,
-        v: &'a KvView<'a>,
-        t0: usize,
-        n: usize,
-        h0: usize,
-        nh: usize,
-        runs: Runs,
-    ) -> Self {
         let row_bytes = k.layout.head_dim * k.dtype.size();
         let n = if nh == 0 || row_bytes == 0 { 0 } else { n };
         let (run_bytes, n_runs) = match runs {
@@ -258,6 +237,20 @@ mod tests {
         seen
     }
 
+    /// Rows 4..7 of heads 1..3 of 80 bytes (2 lines) row by row: per position, K (at
+    /// `k0`) then V (at `v0`), per head one row starting at f32 element `row(t, h)`.
+    fn row_by_row(k0: usize, v0: usize, row: impl Fn(usize, usize) -> usize) -> Vec<usize> {
+        let mut want = Vec::new();
+        for t in 4..7 {
+            for base in [k0, v0] {
+                for h in 1..3 {
+                    want.extend((0..2).map(|line| base + row(t, h) * 4 + 64 * line));
+                }
+            }
+        }
+        want
+    }
+
     fn view(layout: KvLayout, data: &'static [u8]) -> &'static KvView<'static> {
         Box::leak(Box::new(KvView {
             dtype: DType::F32,
@@ -286,7 +279,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(walk(|| ChunkPrefetch::new(k, v, 4, 3, 1, 2)), want);
+        assert_eq!(walk(|| ChunkPrefetch::new(k, v, 4, 3, 1, 2, false)), want);
 
         // Head-major (capacity 10): K then V, per head the 3 positions as one 240-byte run.
         let lay = KvLayout::head_major(3, 20, 10);
@@ -299,19 +292,10 @@ mod tests {
                 }
             }
         }
-        assert_eq!(walk(|| ChunkPrefetch::new(k, v, 4, 3, 1, 2)), want);
-        // The same lines row by row: per position, K then V, per head one row.
-        let mut want = Vec::new();
-        for t in 4..7 {
-            for base in [k0, v0] {
-                for h in 1..3 {
-                    for line in 0..2 {
-                        want.push(base + (h * 200 + t * 20) * 4 + 64 * line);
-                    }
-                }
-            }
-        }
-        assert_eq!(walk(|| ChunkPrefetch::by_rows(k, v, 4, 3, 1, 2)), want);
+        assert_eq!(walk(|| ChunkPrefetch::new(k, v, 4, 3, 1, 2, false)), want);
+        // The same lines row by row.
+        let want = row_by_row(k0, v0, |t, h| h * 200 + t * 20);
+        assert_eq!(walk(|| ChunkPrefetch::new(k, v, 4, 3, 1, 2, true)), want);
 
         // Padded rows (neither adjacent): per position, K then V, per head one row.
         let lay = KvLayout {
@@ -323,20 +307,11 @@ mod tests {
         let (kb, vb) = (buf(10 * 75 * 4), buf(10 * 75 * 4));
         let (k0, v0) = (kb.as_ptr() as usize, vb.as_ptr() as usize);
         let (k, v) = (view(lay, kb), view(lay, vb));
-        let mut want = Vec::new();
-        for t in 4..7 {
-            for base in [k0, v0] {
-                for h in 1..3 {
-                    for line in 0..2 {
-                        want.push(base + (t * 75 + h * 25) * 4 + 64 * line);
-                    }
-                }
-            }
-        }
-        assert_eq!(walk(|| ChunkPrefetch::new(k, v, 4, 3, 1, 2)), want);
+        let want = row_by_row(k0, v0, |t, h| t * 75 + h * 25);
+        assert_eq!(walk(|| ChunkPrefetch::new(k, v, 4, 3, 1, 2, false)), want);
 
         // Nothing for an empty range.
-        let mut none = ChunkPrefetch::new(k, v, 4, 0, 1, 2);
+        let mut none = ChunkPrefetch::new(k, v, 4, 0, 1, 2, false);
         assert_eq!(none.lines(), 0);
         none.advance_with(usize::MAX, |_| panic!("no line to prefetch"));
     }

@@ -150,7 +150,7 @@ pub(super) unsafe fn item_small<S: AttnTiles>(s: &SeqRef<'_>, it: &Item) {
         // batches per head: decode 7–12 % faster on one thread, token-major), else in
         // three batches per head of this chunk.
         let pf_n = if sw_prefetch(s, true) { next_n } else { 0 };
-        let mut pf = ChunkPrefetch::by_rows(&s.k, &s.v, c0 + cn, pf_n, it.h0, nh);
+        let mut pf = ChunkPrefetch::new(&s.k, &s.v, c0 + cn, pf_n, it.h0, nh, true);
         let (per_row, batch) = if kf32 {
             (0, pf.lines().div_ceil(3 * nh))
         } else {

@@ -386,7 +386,7 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
         // position step (batches between the tiles measured the same or up to 5 % slower),
         // unless [`sw_prefetch`] leaves them to the hardware prefetcher.
         let pf_n = if sw_prefetch(s, false) { next_n } else { 0 };
-        let mut pf = ChunkPrefetch::new(&s.k, &s.v, c0 + cn, pf_n, it.h0, nh);
+        let mut pf = ChunkPrefetch::new(&s.k, &s.v, c0 + cn, pf_n, it.h0, nh, false);
         // Spread over the output tiles, at most one line per position step of a tile.
         let batch = pf.lines().div_ceil(nh * d.div_ceil(PB)).min(cn);
         if !direct_k {
