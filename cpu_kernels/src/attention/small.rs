@@ -6,7 +6,7 @@
 //! the two forms give bitwise identical rows and the form can follow `M`.
 
 use super::prefetch::{sw_prefetch, ChunkPrefetch};
-use super::tiles::{carve, chunk_stride, copy_chunk, AttnTiles, Geometry};
+use super::tiles::{carve, chunk_stride, copy_chunk, widen_row, AttnTiles, Geometry};
 use super::*;
 
 thread_local! {
@@ -53,6 +53,57 @@ unsafe fn transpose_chunk<S: Simd>(src: *const f32, ss: usize, cn: usize, d: usi
     }
 }
 
+/// [`transpose_chunk`] of a K that is not f32: rows `c0..c0 + cn` of KV head `kvh` are
+/// widened `L` elements at a time into a staging block that the path's transpose reads,
+/// instead of into a chunk-sized f32 copy first (the same values: one widening per
+/// element). Before each block of up to `L` rows, `per_row` lines of `pf` per row are
+/// prefetched.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn transpose_widen_chunk<S: Simd>(
+    kv: &KvView<'_>,
+    c0: usize,
+    cn: usize,
+    kvh: usize,
+    kt: *mut f32,
+    pf: &mut ChunkPrefetch<'_>,
+    per_row: usize,
+) {
+    let (c, l) = (KV_CHUNK, S::L);
+    let lay = kv.layout;
+    let d = lay.head_dim;
+    let dl = d / l * l;
+    let esz = kv.dtype.size();
+    let base = kv.data.as_ptr();
+    let mut stage = std::mem::MaybeUninit::<[f32; 256]>::uninit();
+    let stage = stage.as_mut_ptr() as *mut f32;
+    let mut p = 0;
+    while p < cn {
+        let rows = l.min(cn - p);
+        pf.advance::<S>(per_row * rows);
+        let mut j = 0;
+        while j < dl {
+            for r in 0..l {
+                if r < rows {
+                    let src = base.add((lay.offset(c0 + p + r, kvh) + j) * esz);
+                    widen_row::<S>(kv.dtype, src, stage.add(r * l), l);
+                } else {
+                    S::store(stage.add(r * l), S::zero());
+                }
+            }
+            S::transpose(stage, l, kt.add(j * c + p), c);
+            j += l;
+        }
+        for jj in dl..d {
+            for r in 0..rows {
+                let at = lay.offset(c0 + p + r, kvh) + jj;
+                *kt.add(jj * c + p + r) = load_f32(kv.data, kv.dtype, at);
+            }
+        }
+        p += l;
+    }
+}
+
 /// The canonical chunk sum of one row's probabilities `e[0..KV_CHUNK]` (zero past the
 /// chunk's end): `e[p] += e[p + h]` for `h = 16, 8, 4, 2, 1`, as
 /// [`super::tiles::chunk_sum_rows`] does with rows in lanes.
@@ -80,7 +131,7 @@ unsafe fn chunk_sum<S: Simd>(e: *const f32) -> f32 {
 }
 
 /// One work item in the small form (`M = rows ≤ SMALL_M`). Per chunk and head: `Kᵀ` (read
-/// in place when f32, else widened first), scores `S[m][p]` (`M × KV_CHUNK`, positions past
+/// in place when f32, else widened block by block as it is transposed), scores `S[m][p]` (`M × KV_CHUNK`, positions past
 /// the chunk or the row's query masked to −∞), online softmax per row, then
 /// `O[m][:] = O[m][:] · corr[m] + Σ_p P[m][p] · V[p][:]` with f32 `V` read in place when
 /// `d` is a multiple of `L` (else widened into a zero-padded scratch).
@@ -98,14 +149,13 @@ pub(super) unsafe fn item_small<S: AttnTiles>(s: &SeqRef<'_>, it: &Item) {
     let ts = s.k.layout.token_stride;
 
     let mut buf = SMALL_SCRATCH.with(|x| x.take());
-    let [qs, os, sc, kt, kc, vc, mrow, lsum, mnew, csum, corr] = carve(
+    let [qs, os, sc, kt, vc, mrow, lsum, mnew, csum, corr] = carve(
         &mut buf,
         [
             nh * rows * d,
             nh * rows * dp,
             rows * c,
             d * c,
-            if kf32 { 0 } else { c * ds },
             if vdirect { 0 } else { c * ds },
             nh * mp,
             nh * mp,
@@ -166,8 +216,7 @@ pub(super) unsafe fn item_small<S: AttnTiles>(s: &SeqRef<'_>, it: &Item) {
                 let src = kbase.add(s.k.layout.offset(c0, kvh) * 4) as *const f32;
                 transpose_chunk::<S>(src, ts, cn, d, kt);
             } else {
-                copy_chunk::<S>(&s.k, c0..c0 + cn, kvh..kvh + 1, kc, ds, &mut pf, per_row);
-                transpose_chunk::<S>(kc, ds, cn, d, kt);
+                transpose_widen_chunk::<S>(&s.k, c0, cn, kvh, kt, &mut pf, per_row);
             }
             let (vp, vs) = if vdirect {
                 (vbase.add(s.v.layout.offset(c0, kvh) * 4) as *const f32, ts)
