@@ -77,8 +77,8 @@ pub(super) unsafe fn qk_t_rows<S: Simd, const MBMAX: usize, const KV: usize>(
 /// vectors of dims (blocks of 4, 2, 1).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn pv_small_rows<S: Simd, const MBMAX: usize>(
-    v: *const f32,
+pub(super) unsafe fn pv_small_rows<S: Simd, const MBMAX: usize, const DT: u8>(
+    v: *const u8,
     vs: usize,
     p: *const f32,
     ps: usize,
@@ -89,6 +89,7 @@ pub(super) unsafe fn pv_small_rows<S: Simd, const MBMAX: usize>(
     rows: usize,
     dv: usize,
 ) {
+    let esz = if DT == V_F32 { 4 } else { 2 };
     let mut m = 0;
     while m < rows {
         let left = rows - m;
@@ -102,7 +103,7 @@ pub(super) unsafe fn pv_small_rows<S: Simd, const MBMAX: usize>(
         let (p, o, corr) = (p.add(m * ps), o.add(m * os), corr.add(m));
         let mut j = 0;
         while j < dv {
-            let (v, o) = (v.add(j * S::L), o.add(j * S::L));
+            let (v, o) = (v.add(j * S::L * esz), o.add(j * S::L));
             let jv = if dv - j >= 4 {
                 4
             } else if dv - j >= 2 {
@@ -111,15 +112,15 @@ pub(super) unsafe fn pv_small_rows<S: Simd, const MBMAX: usize>(
                 1
             };
             match (mb, jv) {
-                (4, 4) => pv_small_body::<S, 4, 4>(v, vs, p, ps, cn, o, os, corr),
-                (4, 2) => pv_small_body::<S, 4, 2>(v, vs, p, ps, cn, o, os, corr),
-                (4, _) => pv_small_body::<S, 4, 1>(v, vs, p, ps, cn, o, os, corr),
-                (2, 4) => pv_small_body::<S, 2, 4>(v, vs, p, ps, cn, o, os, corr),
-                (2, 2) => pv_small_body::<S, 2, 2>(v, vs, p, ps, cn, o, os, corr),
-                (2, _) => pv_small_body::<S, 2, 1>(v, vs, p, ps, cn, o, os, corr),
-                (_, 4) => pv_small_body::<S, 1, 4>(v, vs, p, ps, cn, o, os, corr),
-                (_, 2) => pv_small_body::<S, 1, 2>(v, vs, p, ps, cn, o, os, corr),
-                _ => pv_small_body::<S, 1, 1>(v, vs, p, ps, cn, o, os, corr),
+                (4, 4) => pv_small_body::<S, 4, 4, DT>(v, vs, p, ps, cn, o, os, corr),
+                (4, 2) => pv_small_body::<S, 4, 2, DT>(v, vs, p, ps, cn, o, os, corr),
+                (4, _) => pv_small_body::<S, 4, 1, DT>(v, vs, p, ps, cn, o, os, corr),
+                (2, 4) => pv_small_body::<S, 2, 4, DT>(v, vs, p, ps, cn, o, os, corr),
+                (2, 2) => pv_small_body::<S, 2, 2, DT>(v, vs, p, ps, cn, o, os, corr),
+                (2, _) => pv_small_body::<S, 2, 1, DT>(v, vs, p, ps, cn, o, os, corr),
+                (_, 4) => pv_small_body::<S, 1, 4, DT>(v, vs, p, ps, cn, o, os, corr),
+                (_, 2) => pv_small_body::<S, 1, 2, DT>(v, vs, p, ps, cn, o, os, corr),
+                _ => pv_small_body::<S, 1, 1, DT>(v, vs, p, ps, cn, o, os, corr),
             }
             j += jv;
         }
@@ -127,12 +128,20 @@ pub(super) unsafe fn pv_small_rows<S: Simd, const MBMAX: usize>(
     }
 }
 
+/// [`pv_small_rows`]'s `DT`: V rows of f32, f16 or bf16, widened in registers.
+pub(super) const V_F32: u8 = 0;
+/// See [`V_F32`].
+pub(super) const V_F16: u8 = 1;
+/// See [`V_F32`].
+pub(super) const V_BF16: u8 = 2;
+
 /// `O[m][jv] = O[m][jv] · corr[m] + Σ_p P[m][p] · V[p][jv]` for `JV` vectors of dims,
-/// `M` rows (`O` rows `os` apart, `P` rows `ps` apart), `cn` positions (V rows `vs` apart).
+/// `M` rows (`O` rows `os` apart, `P` rows `ps` apart), `cn` positions (V rows of dtype
+/// code `DT`, `vs` bytes apart, widened in registers as they are loaded).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn pv_small_body<S: Simd, const M: usize, const JV: usize>(
-    v: *const f32,
+pub(super) unsafe fn pv_small_body<S: Simd, const M: usize, const JV: usize, const DT: u8>(
+    v: *const u8,
     vs: usize,
     p: *const f32,
     ps: usize,
@@ -141,6 +150,7 @@ pub(super) unsafe fn pv_small_body<S: Simd, const M: usize, const JV: usize>(
     os: usize,
     corr: *const f32,
 ) {
+    let esz = if DT == V_F32 { 4 } else { 2 };
     let mut acc = [[S::zero(); JV]; M];
     for (m, acc_m) in acc.iter_mut().enumerate() {
         let c = S::splat(*corr.add(m));
@@ -151,7 +161,12 @@ pub(super) unsafe fn pv_small_body<S: Simd, const M: usize, const JV: usize>(
     for pi in 0..cn {
         let mut vv = [S::zero(); JV];
         for (j, x) in vv.iter_mut().enumerate() {
-            *x = S::load(v.add(pi * vs + j * S::L));
+            let at = v.add(pi * vs + j * S::L * esz);
+            *x = match DT {
+                V_BF16 => S::bf16(at),
+                V_F16 => S::f16(at),
+                _ => S::load(at as *const f32),
+            };
         }
         for (m, acc_m) in acc.iter_mut().enumerate() {
             let pw = S::splat(*p.add(m * ps + pi));

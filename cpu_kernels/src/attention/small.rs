@@ -133,8 +133,9 @@ unsafe fn chunk_sum<S: Simd>(e: *const f32) -> f32 {
 /// One work item in the small form (`M = rows ≤ SMALL_M`). Per chunk and head: `Kᵀ` (read
 /// in place when f32, else widened block by block as it is transposed), scores `S[m][p]` (`M × KV_CHUNK`, positions past
 /// the chunk or the row's query masked to −∞), online softmax per row, then
-/// `O[m][:] = O[m][:] · corr[m] + Σ_p P[m][p] · V[p][:]` with f32 `V` read in place when
-/// `d` is a multiple of `L` (else widened into a zero-padded scratch).
+/// `O[m][:] = O[m][:] · corr[m] + Σ_p P[m][p] · V[p][:]` with `V` read in place when `d`
+/// is a multiple of `L`, 2-byte rows widened in registers (else widened into a zero-padded
+/// scratch).
 #[inline(always)]
 pub(super) unsafe fn item_small<S: AttnTiles>(s: &SeqRef<'_>, it: &Item) {
     let g = Geometry::new(s, it);
@@ -145,7 +146,10 @@ pub(super) unsafe fn item_small<S: AttnTiles>(s: &SeqRef<'_>, it: &Item) {
     let mp = rows.div_ceil(S::L) * S::L;
     let ds = chunk_stride(d).max(dp);
     let kf32 = s.k.dtype == DType::F32;
-    let vdirect = s.v.dtype == DType::F32 && d % S::L == 0;
+    // V rows are read in place (2-byte ones widened in registers) when `d` is a multiple
+    // of `L`; else widened into a zero-padded scratch.
+    let vdirect = d % S::L == 0;
+    let vsz = s.v.dtype.size();
     let ts = s.k.layout.token_stride;
 
     let mut buf = SMALL_SCRATCH.with(|x| x.take());
@@ -201,10 +205,11 @@ pub(super) unsafe fn item_small<S: AttnTiles>(s: &SeqRef<'_>, it: &Item) {
         // three batches per head of this chunk.
         let pf_n = if sw_prefetch(s, true) { next_n } else { 0 };
         let mut pf = ChunkPrefetch::new(&s.k, &s.v, c0 + cn, pf_n, it.h0, nh, true);
+        let widened = if vdirect { cn * nh } else { 2 * cn * nh };
         let (per_row, batch) = if kf32 {
             (0, pf.lines().div_ceil(3 * nh))
         } else {
-            (pf.lines().div_ceil(2 * cn * nh), 0)
+            (pf.lines().div_ceil(widened), 0)
         };
         for h in 0..nh {
             let kvh = it.h0 + h;
@@ -218,11 +223,12 @@ pub(super) unsafe fn item_small<S: AttnTiles>(s: &SeqRef<'_>, it: &Item) {
             } else {
                 transpose_widen_chunk::<S>(&s.k, c0, cn, kvh, kt, &mut pf, per_row);
             }
-            let (vp, vs) = if vdirect {
-                (vbase.add(s.v.layout.offset(c0, kvh) * 4) as *const f32, ts)
+            let (vt, vp, vs) = if vdirect {
+                let at = vbase.add(s.v.layout.offset(c0, kvh) * vsz);
+                (s.v.dtype, at, ts * vsz)
             } else {
                 copy_chunk::<S>(&s.v, c0..c0 + cn, kvh..kvh + 1, vc, ds, &mut pf, per_row);
-                (vc as *const f32, ds)
+                (DType::F32, vc as *const u8, ds * 4)
             };
             pf.advance::<S>(batch);
             // Scores S[m][p]; positions past the chunk, and past each row's query, → −∞.
@@ -272,7 +278,7 @@ pub(super) unsafe fn item_small<S: AttnTiles>(s: &SeqRef<'_>, it: &Item) {
                 o += S::L;
             }
             pf.advance::<S>(batch);
-            S::pv_rows(vp, vs, sc, c, cn, os, dp, corr, rows, dv);
+            S::pv_rows(vt, vp, vs, sc, c, cn, os, dp, corr, rows, dv);
         }
         pf.advance::<S>(usize::MAX);
         c0 += cn;

@@ -24,10 +24,11 @@ pub(crate) trait AttnTiles: Simd {
         ss: usize,
         rows: usize,
     );
-    /// [`pv_small_rows`] with this path's row block.
+    /// [`pv_small_rows`] with this path's row block, for V rows of `dt` (`vs` bytes apart).
     #[allow(clippy::too_many_arguments)]
     unsafe fn pv_rows(
-        v: *const f32,
+        dt: DType,
+        v: *const u8,
         vs: usize,
         p: *const f32,
         ps: usize,
@@ -124,7 +125,8 @@ macro_rules! attn_tiles {
             #[inline(never)]
             #[allow(clippy::too_many_arguments)]
             unsafe fn pv_rows(
-                v: *const f32,
+                dt: DType,
+                v: *const u8,
                 vs: usize,
                 p: *const f32,
                 ps: usize,
@@ -135,7 +137,17 @@ macro_rules! attn_tiles {
                 rows: usize,
                 dv: usize,
             ) {
-                pv_small_rows::<Self, $pmb>(v, vs, p, ps, cn, o, os, corr, rows, dv)
+                match dt {
+                    DType::BF16 => pv_small_rows::<Self, $pmb, V_BF16>(
+                        v, vs, p, ps, cn, o, os, corr, rows, dv,
+                    ),
+                    DType::F16 => pv_small_rows::<Self, $pmb, V_F16>(
+                        v, vs, p, ps, cn, o, os, corr, rows, dv,
+                    ),
+                    DType::F32 => pv_small_rows::<Self, $pmb, V_F32>(
+                        v, vs, p, ps, cn, o, os, corr, rows, dv,
+                    ),
+                }
             }
         }
     };
