@@ -259,6 +259,50 @@ mod tests {
         }))
     }
 
+    /// The software-prefetch policy ([`sw_prefetch`]): never below 1 MiB of K and V per
+    /// sequence; from there always in the broadcast form, and in the small form except for
+    /// a head-major cache of 2-byte rows.
+    #[test]
+    fn software_prefetch_policy() {
+        let on = |layout: KvLayout, dtype: DType, kv_len: usize, small: bool| {
+            let kv = KvView {
+                dtype,
+                data: &[],
+                layout,
+            };
+            let s = SeqRef {
+                q: &[],
+                k: kv,
+                v: kv,
+                shape: crate::attention::AttnShape {
+                    n_queries: 1,
+                    n_heads: 32,
+                    kv_len,
+                    scale: 1.0,
+                },
+                out: crate::SendPtr(std::ptr::null_mut()),
+            };
+            sw_prefetch(&s, small)
+        };
+        let (tm, hm) = (
+            KvLayout::token_major(8, 128),
+            KvLayout::head_major(8, 128, 4096),
+        );
+        // 8 heads × 128 f32 × K and V = 8 KiB per position: 1 MiB from 128 positions.
+        for small in [true, false] {
+            for lay in [tm, hm] {
+                assert!(!on(lay, DType::F32, 127, small));
+                assert!(on(lay, DType::F32, 128, small));
+                assert!(!on(lay, DType::BF16, 255, small));
+            }
+            assert!(on(tm, DType::BF16, 256, small));
+            assert!(on(tm, DType::F16, 2048, small));
+        }
+        assert!(on(hm, DType::BF16, 2048, false));
+        assert!(!on(hm, DType::BF16, 2048, true));
+        assert!(!on(hm, DType::F16, 2048, true));
+    }
+
     /// Every line of the chunk's rows, once, as contiguous runs in memory order for each
     /// layout, and nothing for an empty range. Rows of 20 f32 (80 bytes), 3 KV heads,
     /// rows 4..7 of heads 1..3.
