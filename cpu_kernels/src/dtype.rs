@@ -32,6 +32,35 @@ impl DType {
     }
 }
 
+/// Const-generic code of [`DType::F32`] (const generics cannot take a `DType`): kernels
+/// monomorphised per storage dtype take one of these codes ([`DType::code`]).
+pub(crate) const DT_F32: u8 = 0;
+/// Const-generic code of [`DType::F16`] (see [`DT_F32`]).
+pub(crate) const DT_F16: u8 = 1;
+/// Const-generic code of [`DType::BF16`] (see [`DT_F32`]).
+pub(crate) const DT_BF16: u8 = 2;
+
+/// Element bytes of dtype code `dt` ([`DT_F32`], …).
+#[inline(always)]
+pub(crate) const fn elem_size(dt: u8) -> usize {
+    if dt == DT_F32 {
+        4
+    } else {
+        2
+    }
+}
+
+impl DType {
+    /// The const-generic code of the dtype ([`DT_F32`], [`DT_F16`], [`DT_BF16`]).
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            DType::F32 => DT_F32,
+            DType::F16 => DT_F16,
+            DType::BF16 => DT_BF16,
+        }
+    }
+}
+
 impl std::fmt::Display for DType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())

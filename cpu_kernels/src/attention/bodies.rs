@@ -4,6 +4,7 @@
 
 use super::prefetch::ChunkPrefetch;
 use super::*;
+use crate::dtype::{elem_size, DT_BF16, DT_F16};
 
 /// Keys-in-lanes scores of the small form: `s[m][p] = Σ_j Kᵀ[j][p] · Q[m][j]` for `MB`
 /// query rows (`qs` f32 apart, `d` long) and `KV · L` keys of `Kᵀ` (`[d][kts]`); `s` rows
@@ -89,7 +90,7 @@ pub(super) unsafe fn pv_small_rows<S: Simd, const MBMAX: usize, const DT: u8>(
     rows: usize,
     dv: usize,
 ) {
-    let esz = if DT == V_F32 { 4 } else { 2 };
+    let esz = elem_size(DT);
     let mut m = 0;
     while m < rows {
         let left = rows - m;
@@ -128,16 +129,10 @@ pub(super) unsafe fn pv_small_rows<S: Simd, const MBMAX: usize, const DT: u8>(
     }
 }
 
-/// [`pv_small_rows`]'s `DT`: V rows of f32, f16 or bf16, widened in registers.
-pub(super) const V_F32: u8 = 0;
-/// See [`V_F32`].
-pub(super) const V_F16: u8 = 1;
-/// See [`V_F32`].
-pub(super) const V_BF16: u8 = 2;
-
 /// `O[m][jv] = O[m][jv] · corr[m] + Σ_p P[m][p] · V[p][jv]` for `JV` vectors of dims,
 /// `M` rows (`O` rows `os` apart, `P` rows `ps` apart), `cn` positions (V rows of dtype
-/// code `DT`, `vs` bytes apart, widened in registers as they are loaded).
+/// code `DT` ([`crate::dtype::DT_F32`], …), `vs` bytes apart, widened in registers as they
+/// are loaded).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn pv_small_body<S: Simd, const M: usize, const JV: usize, const DT: u8>(
@@ -150,7 +145,7 @@ pub(super) unsafe fn pv_small_body<S: Simd, const M: usize, const JV: usize, con
     os: usize,
     corr: *const f32,
 ) {
-    let esz = if DT == V_F32 { 4 } else { 2 };
+    let esz = elem_size(DT);
     let mut acc = [[S::zero(); JV]; M];
     for (m, acc_m) in acc.iter_mut().enumerate() {
         let c = S::splat(*corr.add(m));
@@ -163,8 +158,8 @@ pub(super) unsafe fn pv_small_body<S: Simd, const M: usize, const JV: usize, con
         for (j, x) in vv.iter_mut().enumerate() {
             let at = v.add(pi * vs + j * S::L * esz);
             *x = match DT {
-                V_BF16 => S::bf16(at),
-                V_F16 => S::f16(at),
+                DT_BF16 => S::bf16(at),
+                DT_F16 => S::f16(at),
                 _ => S::load(at as *const f32),
             };
         }

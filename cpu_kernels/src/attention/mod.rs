@@ -21,10 +21,14 @@
 //!   against a vector of query rows (`Sᵀ[p][m] += K[p][j] · Qᵀ[j][m]`);
 //!   `Oᵀ[j][m] = Oᵀ[j][m] · corr[m] + Σ_p V[p][j] · P[p][m]` likewise. f32 KV is read in
 //!   place (head-major or token-major); f16/bf16 chunks are widened into a padded f32
-//!   scratch, token by token; a token-major cache's next chunk is prefetched meanwhile;
+//!   scratch, token by token;
 //! - small form (few rows: decode, verification with a small group): the chunk's keys are
-//!   transposed to `Kᵀ[d][KV_CHUNK]` (keys in lanes, one FMA chain over `j` per score) and
-//!   `O[m][:] += P[m][p] · V[p][:]` with dims in lanes, f32 `V` read in place;
+//!   transposed to `Kᵀ[d][KV_CHUNK]` (keys in lanes, one FMA chain over `j` per score;
+//!   f16/bf16 widened block by block as they are transposed) and
+//!   `O[m][:] += P[m][p] · V[p][:]` with dims in lanes, `V` read in place (f16/bf16
+//!   widened in registers);
+//! - the next chunk of a large cache is prefetched into L2 while this one is computed
+//!   (`prefetch.rs`, which also says when);
 //! - the causal mask is applied only to chunk positions past `l + i_first` (the trailing
 //!   `n × n` block), by comparing each row's query index with `p − l`;
 //! - per row: running max `μ`, running sum `λ`, correction `e^{μ_old − μ_new}`.

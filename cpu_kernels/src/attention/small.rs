@@ -14,53 +14,15 @@ thread_local! {
     static SMALL_SCRATCH: std::cell::Cell<Vec<Line>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// Transposes rows `0..cn` (`ss` f32 apart, `cn ≤ KV_CHUNK`) of `d` f32 at `src` into
-/// `kt[j · KV_CHUNK + p]`. Full `L × L` blocks use the path's transpose; the last partial
-/// block of rows goes through a zero-filled staging block (never reading past row `cn`);
-/// dims past the last multiple of `L` are moved one by one.
-#[inline(always)]
-unsafe fn transpose_chunk<S: Simd>(src: *const f32, ss: usize, cn: usize, d: usize, kt: *mut f32) {
-    let (c, l) = (KV_CHUNK, S::L);
-    let dl = d / l * l;
-    let mut stage = std::mem::MaybeUninit::<[f32; 256]>::uninit();
-    let stage = stage.as_mut_ptr() as *mut f32;
-    let mut p = 0;
-    while p < cn {
-        let rows = l.min(cn - p);
-        let mut j = 0;
-        while j < dl {
-            if rows == l {
-                S::transpose(src.add(p * ss + j), ss, kt.add(j * c + p), c);
-            } else {
-                for r in 0..l {
-                    let x = if r < rows {
-                        S::load(src.add((p + r) * ss + j))
-                    } else {
-                        S::zero()
-                    };
-                    S::store(stage.add(r * l), x);
-                }
-                S::transpose(stage, l, kt.add(j * c + p), c);
-            }
-            j += l;
-        }
-        for jj in dl..d {
-            for r in 0..rows {
-                *kt.add(jj * c + p + r) = *src.add((p + r) * ss + jj);
-            }
-        }
-        p += l;
-    }
-}
-
-/// [`transpose_chunk`] of a K that is not f32: rows `c0..c0 + cn` of KV head `kvh` are
-/// widened `L` elements at a time into a staging block that the path's transpose reads,
-/// instead of into a chunk-sized f32 copy first (the same values: one widening per
-/// element). Before each block of up to `L` rows, `per_row` lines of `pf` per row are
-/// prefetched.
+/// Transposes rows `c0..c0 + cn` (`cn ≤ KV_CHUNK`) of KV head `kvh` of `kv` into
+/// `kt[j · KV_CHUNK + p]` as f32. Full `L × L` blocks of f32 rows go through the path's
+/// transpose in place; a last partial block of rows, and rows of another dtype, are first
+/// loaded (widened: one widening per element, no chunk-sized f32 copy) into a staging
+/// block, zero past row `cn`; dims past the last multiple of `L` are moved one by one.
+/// Before each block of up to `L` rows, `per_row` lines of `pf` per row are prefetched.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn transpose_widen_chunk<S: Simd>(
+unsafe fn transpose_chunk<S: Simd>(
     kv: &KvView<'_>,
     c0: usize,
     cn: usize,
@@ -74,7 +36,7 @@ unsafe fn transpose_widen_chunk<S: Simd>(
     let d = lay.head_dim;
     let dl = d / l * l;
     let esz = kv.dtype.size();
-    let base = kv.data.as_ptr();
+    let row = |t: usize| kv.data.as_ptr().add(lay.offset(t, kvh) * esz);
     let mut stage = std::mem::MaybeUninit::<[f32; 256]>::uninit();
     let stage = stage.as_mut_ptr() as *mut f32;
     let mut p = 0;
@@ -83,15 +45,20 @@ unsafe fn transpose_widen_chunk<S: Simd>(
         pf.advance::<S>(per_row * rows);
         let mut j = 0;
         while j < dl {
-            for r in 0..l {
-                if r < rows {
-                    let src = base.add((lay.offset(c0 + p + r, kvh) + j) * esz);
-                    widen_row::<S>(kv.dtype, src, stage.add(r * l), l);
-                } else {
-                    S::store(stage.add(r * l), S::zero());
+            if rows == l && kv.dtype == DType::F32 {
+                let src = (row(c0 + p) as *const f32).add(j);
+                S::transpose(src, lay.token_stride, kt.add(j * c + p), c);
+            } else {
+                for r in 0..l {
+                    if r < rows {
+                        let src = row(c0 + p + r).add(j * esz);
+                        widen_row::<S>(kv.dtype, src, stage.add(r * l), l);
+                    } else {
+                        S::store(stage.add(r * l), S::zero());
+                    }
                 }
+                S::transpose(stage, l, kt.add(j * c + p), c);
             }
-            S::transpose(stage, l, kt.add(j * c + p), c);
             j += l;
         }
         for jj in dl..d {
@@ -131,8 +98,9 @@ unsafe fn chunk_sum<S: Simd>(e: *const f32) -> f32 {
 }
 
 /// One work item in the small form (`M = rows ≤ SMALL_M`). Per chunk and head: `Kᵀ` (read
-/// in place when f32, else widened block by block as it is transposed), scores `S[m][p]` (`M × KV_CHUNK`, positions past
-/// the chunk or the row's query masked to −∞), online softmax per row, then
+/// in place when f32, else widened block by block as it is transposed), scores `S[m][p]`
+/// (`M × KV_CHUNK`, positions past the chunk or the row's query masked to −∞), online
+/// softmax per row, then
 /// `O[m][:] = O[m][:] · corr[m] + Σ_p P[m][p] · V[p][:]` with `V` read in place when `d`
 /// is a multiple of `L`, 2-byte rows widened in registers (else widened into a zero-padded
 /// scratch).
@@ -193,7 +161,7 @@ pub(super) unsafe fn item_small<S: AttnTiles>(s: &SeqRef<'_>, it: &Item) {
             }
         }
     }
-    let (kbase, vbase) = (s.k.data.as_ptr(), s.v.data.as_ptr());
+    let vbase = s.v.data.as_ptr();
 
     let mut c0 = 0;
     while c0 < g.kv_end {
@@ -217,12 +185,7 @@ pub(super) unsafe fn item_small<S: AttnTiles>(s: &SeqRef<'_>, it: &Item) {
             let (mrow, lsum) = (mrow.add(h * mp), lsum.add(h * mp));
             // Kᵀ of the chunk.
             pf.advance::<S>(batch);
-            if kf32 {
-                let src = kbase.add(s.k.layout.offset(c0, kvh) * 4) as *const f32;
-                transpose_chunk::<S>(src, ts, cn, d, kt);
-            } else {
-                transpose_widen_chunk::<S>(&s.k, c0, cn, kvh, kt, &mut pf, per_row);
-            }
+            transpose_chunk::<S>(&s.k, c0, cn, kvh, kt, &mut pf, per_row);
             let (vt, vp, vs) = if vdirect {
                 let at = vbase.add(s.v.layout.offset(c0, kvh) * vsz);
                 (s.v.dtype, at, ts * vsz)

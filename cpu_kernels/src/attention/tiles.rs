@@ -137,14 +137,15 @@ macro_rules! attn_tiles {
                 rows: usize,
                 dv: usize,
             ) {
+                use crate::dtype::{DT_BF16, DT_F16, DT_F32};
                 match dt {
-                    DType::BF16 => pv_small_rows::<Self, $pmb, V_BF16>(
+                    DType::BF16 => pv_small_rows::<Self, $pmb, DT_BF16>(
                         v, vs, p, ps, cn, o, os, corr, rows, dv,
                     ),
-                    DType::F16 => pv_small_rows::<Self, $pmb, V_F16>(
+                    DType::F16 => pv_small_rows::<Self, $pmb, DT_F16>(
                         v, vs, p, ps, cn, o, os, corr, rows, dv,
                     ),
-                    DType::F32 => pv_small_rows::<Self, $pmb, V_F32>(
+                    DType::F32 => pv_small_rows::<Self, $pmb, DT_F32>(
                         v, vs, p, ps, cn, o, os, corr, rows, dv,
                     ),
                 }

@@ -126,9 +126,10 @@ pub(super) unsafe fn mk_body<S: Simd, const DT: u8, const R: usize, const TB: us
 ///
 /// Per step each row's weights are converted once (bf16: one shift and one mask give the
 /// even and odd halves) and FMA'd against the `TB` tokens' `x` vectors, which the compiler
-/// keeps in registers across the `R` rows, or, from `TB` = [`X_MEM_TB`] on, which the FMAs read from L1 as memory operands
-/// at constant displacements from one pointer per step ([`Simd::fma_mem_at`]). Either way
-/// each accumulator gets the same FMAs in the same order.
+/// keeps in registers across the `R` rows, or, from `TB` = [`X_MEM_TB`] on, which the FMAs
+/// read from L1 as memory operands at constant displacements from one pointer per step
+/// ([`Simd::fma_mem_at`]). Either way each accumulator gets the same FMAs in the same
+/// order.
 #[inline(always)]
 unsafe fn microkernel<S: Simd, const DT: u8, const R: usize, const TB: usize, const PF: bool>(
     w: *const u8,

@@ -54,7 +54,7 @@ use crate::dtype::{load_f32, DType};
 use crate::simd::{aligned_f32, lanes, Line};
 use crate::SendPtr;
 use rayon::prelude::*;
-use rows::{matmul_rows, plan, MmArgs, Plan, DT_BF16, DT_F16, DT_F32};
+use rows::{matmul_rows, plan, MmArgs, Plan};
 
 /// A read-only weight matrix `[rows, cols]` = `[out_features, in_features]`, row-major,
 /// little-endian, in its stored dtype.
@@ -241,11 +241,7 @@ pub fn matmul_many_with(isa: Isa, x: &[f32], tokens: usize, jobs: &mut [MatmulJo
         let (bf, xp) = &packs[pi];
         let step = if *bf { 2 * l } else { l };
         let a = MmArgs {
-            dt: match w.dtype {
-                DType::F32 => DT_F32,
-                DType::F16 => DT_F16,
-                DType::BF16 => DT_BF16,
-            },
+            dt: w.dtype.code(),
             tiles,
             w: w.data.as_ptr(),
             cols: w.cols,

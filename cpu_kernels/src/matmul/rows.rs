@@ -5,19 +5,7 @@ use super::kernel::{Mk, MK_PF, MK_REDUCE};
 use crate::dispatch::Isa;
 use crate::simd::{aligned_f32, isa_entry, Line, Simd};
 
-pub(super) const DT_F32: u8 = 0;
-pub(super) const DT_F16: u8 = 1;
-pub(super) const DT_BF16: u8 = 2;
-
-/// Element bytes of dtype code `dt`.
-#[inline(always)]
-pub(super) const fn elem_size(dt: u8) -> usize {
-    if dt == DT_F32 {
-        4
-    } else {
-        2
-    }
-}
+pub(super) use crate::dtype::{elem_size, DT_BF16, DT_F16, DT_F32};
 
 /// Columns (= packed `x` f32 per token) of one microkernel step of dtype code `dt` on path
 /// `S`: `2L` for bf16, `L` otherwise.
