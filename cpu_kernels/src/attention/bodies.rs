@@ -6,10 +6,22 @@ use super::prefetch::ChunkPrefetch;
 use super::*;
 use crate::dtype::{elem_size, DT_BF16, DT_F16};
 
+/// One vector of `L` elements of dtype code `DT` ([`crate::dtype::DT_F32`], …) at `src`,
+/// widened to f32 (bf16 by shift, f16 by the path's conversion).
+#[inline(always)]
+pub(super) unsafe fn load_widened<S: Simd, const DT: u8>(src: *const u8) -> S::V {
+    match DT {
+        DT_BF16 => S::bf16(src),
+        DT_F16 => S::f16(src),
+        _ => S::load(src as *const f32),
+    }
+}
+
 /// Keys-in-lanes scores of the small form: `s[m][p] = Σ_j Kᵀ[j][p] · Q[m][j]` for `MB`
 /// query rows (`qs` f32 apart, `d` long) and `KV · L` keys of `Kᵀ` (`[d][kts]`); `s` rows
 /// are `ss` apart. Each score is one FMA chain over `j = 0..d` from zero — the same
-/// roundings as [`qk_body`]'s, so both forms give identical scores.
+/// roundings as [`qk_body`]'s, so both forms give identical scores. The first `pf_n` steps
+/// each prefetch the next line of `pf`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn qk_t_body<S: Simd, const MB: usize, const KV: usize>(
@@ -20,9 +32,14 @@ pub(super) unsafe fn qk_t_body<S: Simd, const MB: usize, const KV: usize>(
     d: usize,
     s: *mut f32,
     ss: usize,
+    pf: &mut ChunkPrefetch<'_>,
+    pf_n: usize,
 ) {
     let mut acc = [[S::zero(); KV]; MB];
     for j in 0..d {
+        if j < pf_n {
+            pf.next::<S>();
+        }
         let mut k = [S::zero(); KV];
         for (x, kx) in k.iter_mut().enumerate() {
             *kx = S::load(kt.add(j * kts + x * S::L));
@@ -41,7 +58,9 @@ pub(super) unsafe fn qk_t_body<S: Simd, const MB: usize, const KV: usize>(
     }
 }
 
-/// [`qk_t_body`] for `rows` rows in blocks of at most `MBMAX` (8, 4, 2, 1).
+/// [`qk_t_body`] for `rows` rows in blocks of at most `MBMAX` (8, 4, 2, 1; as many
+/// calls as [`super::prefetch::tile_calls`]`(rows, MBMAX)`), each prefetching on its first
+/// `pf_n` steps.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn qk_t_rows<S: Simd, const MBMAX: usize, const KV: usize>(
@@ -53,29 +72,32 @@ pub(super) unsafe fn qk_t_rows<S: Simd, const MBMAX: usize, const KV: usize>(
     s: *mut f32,
     ss: usize,
     rows: usize,
+    pf: &mut ChunkPrefetch<'_>,
+    pf_n: usize,
 ) {
     let mut m = 0;
     while m < rows {
         let (q, s) = (q.add(m * qs), s.add(m * ss));
         let left = rows - m;
         m += if MBMAX >= 8 && left >= 8 {
-            qk_t_body::<S, 8, KV>(kt, kts, q, qs, d, s, ss);
+            qk_t_body::<S, 8, KV>(kt, kts, q, qs, d, s, ss, pf, pf_n);
             8
         } else if MBMAX >= 4 && left >= 4 {
-            qk_t_body::<S, 4, KV>(kt, kts, q, qs, d, s, ss);
+            qk_t_body::<S, 4, KV>(kt, kts, q, qs, d, s, ss, pf, pf_n);
             4
         } else if left >= 2 {
-            qk_t_body::<S, 2, KV>(kt, kts, q, qs, d, s, ss);
+            qk_t_body::<S, 2, KV>(kt, kts, q, qs, d, s, ss, pf, pf_n);
             2
         } else {
-            qk_t_body::<S, 1, KV>(kt, kts, q, qs, d, s, ss);
+            qk_t_body::<S, 1, KV>(kt, kts, q, qs, d, s, ss, pf, pf_n);
             1
         };
     }
 }
 
 /// [`pv_small_body`] for `rows` rows (blocks of at most `MBMAX`: 4, 2, 1) and `dv`
-/// vectors of dims (blocks of 4, 2, 1).
+/// vectors of dims (blocks of 4, 2, 1): `tile_calls(rows, MBMAX) · tile_calls(dv, 4)`
+/// calls ([`super::prefetch::tile_calls`]), each prefetching on its first `pf_n` steps.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn pv_small_rows<S: Simd, const MBMAX: usize, const DT: u8>(
@@ -89,6 +111,8 @@ pub(super) unsafe fn pv_small_rows<S: Simd, const MBMAX: usize, const DT: u8>(
     corr: *const f32,
     rows: usize,
     dv: usize,
+    pf: &mut ChunkPrefetch<'_>,
+    pf_n: usize,
 ) {
     let esz = elem_size(DT);
     let mut m = 0;
@@ -113,15 +137,15 @@ pub(super) unsafe fn pv_small_rows<S: Simd, const MBMAX: usize, const DT: u8>(
                 1
             };
             match (mb, jv) {
-                (4, 4) => pv_small_body::<S, 4, 4, DT>(v, vs, p, ps, cn, o, os, corr),
-                (4, 2) => pv_small_body::<S, 4, 2, DT>(v, vs, p, ps, cn, o, os, corr),
-                (4, _) => pv_small_body::<S, 4, 1, DT>(v, vs, p, ps, cn, o, os, corr),
-                (2, 4) => pv_small_body::<S, 2, 4, DT>(v, vs, p, ps, cn, o, os, corr),
-                (2, 2) => pv_small_body::<S, 2, 2, DT>(v, vs, p, ps, cn, o, os, corr),
-                (2, _) => pv_small_body::<S, 2, 1, DT>(v, vs, p, ps, cn, o, os, corr),
-                (_, 4) => pv_small_body::<S, 1, 4, DT>(v, vs, p, ps, cn, o, os, corr),
-                (_, 2) => pv_small_body::<S, 1, 2, DT>(v, vs, p, ps, cn, o, os, corr),
-                _ => pv_small_body::<S, 1, 1, DT>(v, vs, p, ps, cn, o, os, corr),
+                (4, 4) => pv_small_body::<S, 4, 4, DT>(v, vs, p, ps, cn, o, os, corr, pf, pf_n),
+                (4, 2) => pv_small_body::<S, 4, 2, DT>(v, vs, p, ps, cn, o, os, corr, pf, pf_n),
+                (4, _) => pv_small_body::<S, 4, 1, DT>(v, vs, p, ps, cn, o, os, corr, pf, pf_n),
+                (2, 4) => pv_small_body::<S, 2, 4, DT>(v, vs, p, ps, cn, o, os, corr, pf, pf_n),
+                (2, 2) => pv_small_body::<S, 2, 2, DT>(v, vs, p, ps, cn, o, os, corr, pf, pf_n),
+                (2, _) => pv_small_body::<S, 2, 1, DT>(v, vs, p, ps, cn, o, os, corr, pf, pf_n),
+                (_, 4) => pv_small_body::<S, 1, 4, DT>(v, vs, p, ps, cn, o, os, corr, pf, pf_n),
+                (_, 2) => pv_small_body::<S, 1, 2, DT>(v, vs, p, ps, cn, o, os, corr, pf, pf_n),
+                _ => pv_small_body::<S, 1, 1, DT>(v, vs, p, ps, cn, o, os, corr, pf, pf_n),
             }
             j += jv;
         }
@@ -132,7 +156,7 @@ pub(super) unsafe fn pv_small_rows<S: Simd, const MBMAX: usize, const DT: u8>(
 /// `O[m][jv] = O[m][jv] · corr[m] + Σ_p P[m][p] · V[p][jv]` for `JV` vectors of dims,
 /// `M` rows (`O` rows `os` apart, `P` rows `ps` apart), `cn` positions (V rows of dtype
 /// code `DT` ([`crate::dtype::DT_F32`], …), `vs` bytes apart, widened in registers as they
-/// are loaded).
+/// are loaded). The first `pf_n` position steps each prefetch the next line of `pf`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn pv_small_body<S: Simd, const M: usize, const JV: usize, const DT: u8>(
@@ -144,6 +168,8 @@ pub(super) unsafe fn pv_small_body<S: Simd, const M: usize, const JV: usize, con
     o: *mut f32,
     os: usize,
     corr: *const f32,
+    pf: &mut ChunkPrefetch<'_>,
+    pf_n: usize,
 ) {
     let esz = elem_size(DT);
     let mut acc = [[S::zero(); JV]; M];
@@ -154,14 +180,12 @@ pub(super) unsafe fn pv_small_body<S: Simd, const M: usize, const JV: usize, con
         }
     }
     for pi in 0..cn {
+        if pi < pf_n {
+            pf.next::<S>();
+        }
         let mut vv = [S::zero(); JV];
         for (j, x) in vv.iter_mut().enumerate() {
-            let at = v.add(pi * vs + j * S::L * esz);
-            *x = match DT {
-                DT_BF16 => S::bf16(at),
-                DT_F16 => S::f16(at),
-                _ => S::load(at as *const f32),
-            };
+            *x = load_widened::<S, DT>(v.add(pi * vs + j * S::L * esz));
         }
         for (m, acc_m) in acc.iter_mut().enumerate() {
             let pw = S::splat(*p.add(m * ps + pi));
@@ -178,8 +202,10 @@ pub(super) unsafe fn pv_small_body<S: Simd, const M: usize, const JV: usize, con
 }
 
 /// `s[b][v] = Σ_j K[b][j] · Qᵀ[j][v]` for `PB` keys (rows `ks` bytes apart, f32) against
-/// `MV` vectors of query rows (`Qᵀ` rows `mp` f32 apart); `s` rows are `mp` apart.
+/// `MV` vectors of query rows (`Qᵀ` rows `mp` f32 apart); `s` rows are `mp` apart. The
+/// first `pf_n` steps each prefetch the next line of `pf`.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn qk_body<S: Simd, const MV: usize, const PB: usize>(
     k: *const u8,
     ks: usize,
@@ -187,6 +213,8 @@ pub(super) unsafe fn qk_body<S: Simd, const MV: usize, const PB: usize>(
     mp: usize,
     d: usize,
     s: *mut f32,
+    pf: &mut ChunkPrefetch<'_>,
+    pf_n: usize,
 ) {
     let mut acc = [[S::zero(); MV]; PB];
     // One pointer per key, each advanced by one element per step: the keys' addresses are
@@ -198,7 +226,10 @@ pub(super) unsafe fn qk_body<S: Simd, const MV: usize, const PB: usize>(
         *p = std::hint::black_box(k.add(b * ks));
     }
     let mut qp = qt;
-    for _ in 0..d {
+    for j in 0..d {
+        if j < pf_n {
+            pf.next::<S>();
+        }
         let mut q = [S::zero(); MV];
         for (v, qv) in q.iter_mut().enumerate() {
             *qv = S::load(qp.add(v * S::L));

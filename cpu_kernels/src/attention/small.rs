@@ -5,57 +5,63 @@
 //! element goes through the same roundings as in the broadcast form ([`super::tiles`]), so
 //! the two forms give bitwise identical rows and the form can follow `M`.
 
-use super::prefetch::{sw_prefetch, ChunkPrefetch};
-use super::tiles::{carve, chunk_stride, copy_chunk, widen_row, AttnTiles, Geometry};
+use super::bodies::load_widened;
+use super::prefetch::{sw_prefetch, tile_calls, ChunkPrefetch, SmallSpread};
+use super::tiles::{carve, chunk_stride, copy_chunk, AttnTiles, Geometry};
 use super::*;
+use crate::dtype::{elem_size, DT_BF16, DT_F16, DT_F32};
 
 thread_local! {
     /// The thread's small-form scratch, reused across items (taken out while in use).
     static SMALL_SCRATCH: std::cell::Cell<Vec<Line>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// Transposes rows `c0..c0 + cn` (`cn ≤ KV_CHUNK`) of KV head `kvh` of `kv` into
-/// `kt[j · KV_CHUNK + p]` as f32. Full `L × L` blocks of f32 rows go through the path's
-/// transpose in place; a last partial block of rows, and rows of another dtype, are first
-/// loaded (widened: one widening per element, no chunk-sized f32 copy) into a staging
-/// block, zero past row `cn`; dims past the last multiple of `L` are moved one by one.
-/// Before each block of up to `L` rows, `per_row` lines of `pf` per row are prefetched.
+/// Transposes rows `c0..c0 + cn` (`cn ≤ KV_CHUNK`) of KV head `kvh` of `kv` (rows of dtype
+/// code `DT`, [`crate::dtype::DT_F32`], …) into `kt[j · KV_CHUNK + p]` as f32. Full
+/// `L × L` blocks of f32 rows go through the path's transpose in place; a last partial
+/// block of rows, and rows of another dtype, are first loaded (widened: one widening per
+/// element, no chunk-sized f32 copy) into a staging block, zero past row `cn`; dims past
+/// the last multiple of `L` are moved one by one. Before each `L × L` block (each block
+/// of rows when `d < L`), `per_block` lines of `pf` are prefetched.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn transpose_chunk<S: Simd>(
+unsafe fn transpose_chunk<S: Simd, const DT: u8>(
     kv: &KvView<'_>,
     c0: usize,
     cn: usize,
     kvh: usize,
     kt: *mut f32,
     pf: &mut ChunkPrefetch<'_>,
-    per_row: usize,
+    per_block: usize,
 ) {
     let (c, l) = (KV_CHUNK, S::L);
     let lay = kv.layout;
     let d = lay.head_dim;
     let dl = d / l * l;
-    let esz = kv.dtype.size();
+    let esz = elem_size(DT);
     let row = |t: usize| kv.data.as_ptr().add(lay.offset(t, kvh) * esz);
     let mut stage = std::mem::MaybeUninit::<[f32; 256]>::uninit();
     let stage = stage.as_mut_ptr() as *mut f32;
     let mut p = 0;
     while p < cn {
         let rows = l.min(cn - p);
-        pf.advance::<S>(per_row * rows);
+        if dl == 0 {
+            pf.advance::<S>(per_block);
+        }
         let mut j = 0;
         while j < dl {
-            if rows == l && kv.dtype == DType::F32 {
+            pf.advance::<S>(per_block);
+            if rows == l && DT == DT_F32 {
                 let src = (row(c0 + p) as *const f32).add(j);
                 S::transpose(src, lay.token_stride, kt.add(j * c + p), c);
             } else {
                 for r in 0..l {
-                    if r < rows {
-                        let src = row(c0 + p + r).add(j * esz);
-                        widen_row::<S>(kv.dtype, src, stage.add(r * l), l);
+                    let x = if r < rows {
+                        load_widened::<S, DT>(row(c0 + p + r).add(j * esz))
                     } else {
-                        S::store(stage.add(r * l), S::zero());
-                    }
+                        S::zero()
+                    };
+                    S::store(stage.add(r * l), x);
                 }
                 S::transpose(stage, l, kt.add(j * c + p), c);
             }
@@ -113,7 +119,6 @@ pub(super) unsafe fn item_small<S: AttnTiles>(s: &SeqRef<'_>, it: &Item) {
     let dv = dp / S::L;
     let mp = rows.div_ceil(S::L) * S::L;
     let ds = chunk_stride(d).max(dp);
-    let kf32 = s.k.dtype == DType::F32;
     // V rows are read in place (2-byte ones widened in registers) when `d` is a multiple
     // of `L`; else widened into a zero-padded scratch.
     let vdirect = d % S::L == 0;
@@ -168,34 +173,39 @@ pub(super) unsafe fn item_small<S: AttnTiles>(s: &SeqRef<'_>, it: &Item) {
         let cn = c.min(g.kv_end - c0);
         let next_n = c.min(g.kv_end - c0 - cn);
         // The next chunk's rows (unless [`sw_prefetch`] leaves them to the hardware
-        // prefetcher): with 2-byte K and V, a few lines per row widened (against three
-        // batches per head: decode 7–12 % faster on one thread, token-major), else in
-        // three batches per head of this chunk.
-        let pf_n = if sw_prefetch(s, true) { next_n } else { 0 };
+        // prefetcher), spread over each head's transposed blocks and tiles
+        // ([`SmallSpread`]; against three batches per head, f32 decode 10–17 % faster, bf16
+        // 4–10 %, token-major, one or two threads).
+        let pf_n = if sw_prefetch(s) { next_n } else { 0 };
         let mut pf = ChunkPrefetch::new(&s.k, &s.v, c0 + cn, pf_n, it.h0, nh, true);
-        let widened = if vdirect { cn * nh } else { 2 * cn * nh };
-        let (per_row, batch) = if kf32 {
-            (0, pf.lines().div_ceil(3 * nh))
-        } else {
-            (pf.lines().div_ceil(widened), 0)
-        };
+        let spread = SmallSpread::new(
+            pf.lines().div_ceil(nh),
+            tile_calls(rows, S::QK_ROWS),
+            d,
+            tile_calls(rows, S::PV_ROWS) * tile_calls(dv, 4),
+            cn,
+            cn.div_ceil(S::L) * (d / S::L).max(1),
+        );
         for h in 0..nh {
             let kvh = it.h0 + h;
             let (qs, os) = (qs.add(h * rows * d), os.add(h * rows * dp));
             let (mrow, lsum) = (mrow.add(h * mp), lsum.add(h * mp));
             // Kᵀ of the chunk.
-            pf.advance::<S>(batch);
-            transpose_chunk::<S>(&s.k, c0, cn, kvh, kt, &mut pf, per_row);
+            let (kvw, pb) = (&s.k, spread.per_block);
+            match s.k.dtype {
+                DType::F32 => transpose_chunk::<S, DT_F32>(kvw, c0, cn, kvh, kt, &mut pf, pb),
+                DType::F16 => transpose_chunk::<S, DT_F16>(kvw, c0, cn, kvh, kt, &mut pf, pb),
+                DType::BF16 => transpose_chunk::<S, DT_BF16>(kvw, c0, cn, kvh, kt, &mut pf, pb),
+            }
             let (vt, vp, vs) = if vdirect {
                 let at = vbase.add(s.v.layout.offset(c0, kvh) * vsz);
                 (s.v.dtype, at, ts * vsz)
             } else {
-                copy_chunk::<S>(&s.v, c0..c0 + cn, kvh..kvh + 1, vc, ds, &mut pf, per_row);
+                copy_chunk::<S>(&s.v, c0..c0 + cn, kvh..kvh + 1, vc, ds);
                 (DType::F32, vc as *const u8, ds * 4)
             };
-            pf.advance::<S>(batch);
             // Scores S[m][p]; positions past the chunk, and past each row's query, → −∞.
-            S::qk_rows(kt, c, qs, d, d, sc, c, rows);
+            S::qk_rows(kt, c, qs, d, d, sc, c, rows, &mut pf, spread.qk_n);
             for mi in 0..rows {
                 let row = sc.add(mi * c);
                 for p in cn..c {
@@ -240,8 +250,8 @@ pub(super) unsafe fn item_small<S: AttnTiles>(s: &SeqRef<'_>, it: &Item) {
                 S::store(corr.add(o), cr);
                 o += S::L;
             }
-            pf.advance::<S>(batch);
-            S::pv_rows(vt, vp, vs, sc, c, cn, os, dp, corr, rows, dv);
+            let pv_n = spread.pv_n;
+            S::pv_rows(vt, vp, vs, sc, c, cn, os, dp, corr, rows, dv, &mut pf, pv_n);
         }
         pf.advance::<S>(usize::MAX);
         c0 += cn;

@@ -10,6 +10,10 @@ use super::*;
 pub(crate) trait AttnTiles: Simd {
     /// Items with at most this many query rows take the small form (`small::item_small`).
     const SMALL_M: usize;
+    /// Most rows of one small-form score tile ([`AttnTiles::qk_rows`]).
+    const QK_ROWS: usize;
+    /// Most rows of one small-form output tile ([`AttnTiles::pv_rows`]).
+    const PV_ROWS: usize;
     /// Runs [`item_cfg`] with `MV = mv` query vectors and this path's key/dim block.
     unsafe fn item(s: &SeqRef<'_>, it: &Item, mv: usize);
     /// [`qk_t_rows`] with this path's row block and `KV_CHUNK / L` key vectors.
@@ -23,6 +27,8 @@ pub(crate) trait AttnTiles: Simd {
         s: *mut f32,
         ss: usize,
         rows: usize,
+        pf: &mut ChunkPrefetch<'_>,
+        pf_n: usize,
     );
     /// [`pv_small_rows`] with this path's row block, for V rows of `dt` (`vs` bytes apart).
     #[allow(clippy::too_many_arguments)]
@@ -38,8 +44,11 @@ pub(crate) trait AttnTiles: Simd {
         corr: *const f32,
         rows: usize,
         dv: usize,
+        pf: &mut ChunkPrefetch<'_>,
+        pf_n: usize,
     );
     /// [`qk_body`] as its own function with the path's target features.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn qk<const MV: usize, const PB: usize>(
         k: *const u8,
         ks: usize,
@@ -47,6 +56,8 @@ pub(crate) trait AttnTiles: Simd {
         mp: usize,
         d: usize,
         s: *mut f32,
+        pf: &mut ChunkPrefetch<'_>,
+        pf_n: usize,
     );
     /// [`pv_body`] as its own function with the path's target features.
     #[allow(clippy::too_many_arguments)]
@@ -71,6 +82,8 @@ macro_rules! attn_tiles {
     ) => {
         impl AttnTiles for $ty {
             const SMALL_M: usize = $small;
+            const QK_ROWS: usize = $qmb;
+            const PV_ROWS: usize = $pmb;
             #[inline(always)]
             unsafe fn item(s: &SeqRef<'_>, it: &Item, mv: usize) {
                 match mv {
@@ -80,6 +93,7 @@ macro_rules! attn_tiles {
             }
             $(#[target_feature(enable = $feat)])?
             #[inline(never)]
+            #[allow(clippy::too_many_arguments)]
             unsafe fn qk<const MV: usize, const PB: usize>(
                 k: *const u8,
                 ks: usize,
@@ -87,8 +101,10 @@ macro_rules! attn_tiles {
                 mp: usize,
                 d: usize,
                 s: *mut f32,
+                pf: &mut ChunkPrefetch<'_>,
+                pf_n: usize,
             ) {
-                qk_body::<Self, MV, PB>(k, ks, qt, mp, d, s)
+                qk_body::<Self, MV, PB>(k, ks, qt, mp, d, s, pf, pf_n)
             }
             $(#[target_feature(enable = $feat)])?
             #[inline(never)]
@@ -118,8 +134,10 @@ macro_rules! attn_tiles {
                 s: *mut f32,
                 ss: usize,
                 rows: usize,
+                pf: &mut ChunkPrefetch<'_>,
+                pf_n: usize,
             ) {
-                qk_t_rows::<Self, $qmb, $kv>(kt, kts, q, qs, d, s, ss, rows)
+                qk_t_rows::<Self, $qmb, $kv>(kt, kts, q, qs, d, s, ss, rows, pf, pf_n)
             }
             $(#[target_feature(enable = $feat)])?
             #[inline(never)]
@@ -136,17 +154,19 @@ macro_rules! attn_tiles {
                 corr: *const f32,
                 rows: usize,
                 dv: usize,
+                pf: &mut ChunkPrefetch<'_>,
+                pf_n: usize,
             ) {
                 use crate::dtype::{DT_BF16, DT_F16, DT_F32};
                 match dt {
                     DType::BF16 => pv_small_rows::<Self, $pmb, DT_BF16>(
-                        v, vs, p, ps, cn, o, os, corr, rows, dv,
+                        v, vs, p, ps, cn, o, os, corr, rows, dv, pf, pf_n,
                     ),
                     DType::F16 => pv_small_rows::<Self, $pmb, DT_F16>(
-                        v, vs, p, ps, cn, o, os, corr, rows, dv,
+                        v, vs, p, ps, cn, o, os, corr, rows, dv, pf, pf_n,
                     ),
                     DType::F32 => pv_small_rows::<Self, $pmb, DT_F32>(
-                        v, vs, p, ps, cn, o, os, corr, rows, dv,
+                        v, vs, p, ps, cn, o, os, corr, rows, dv, pf, pf_n,
                     ),
                 }
             }
@@ -235,8 +255,7 @@ pub(super) unsafe fn widen_row<S: Simd>(dt: DType, src: *const u8, dst: *mut f32
 /// Copies rows `rows` (positions, at most [`KV_CHUNK`]) of KV heads `heads` into
 /// `scratch` as f32 (`[head][row][ds]`, widening f16/bf16), token by token (a token-major
 /// cache is read sequentially), for the tiles that need f32 rows (f32 rows are read in
-/// place). Before each row, the next `pf_per_row` lines of `pf` (the next chunk) are
-/// prefetched.
+/// place).
 #[inline(always)]
 pub(super) unsafe fn copy_chunk<S: Simd>(
     kv: &KvView<'_>,
@@ -244,15 +263,12 @@ pub(super) unsafe fn copy_chunk<S: Simd>(
     heads: std::ops::Range<usize>,
     scratch: *mut f32,
     ds: usize,
-    pf: &mut ChunkPrefetch<'_>,
-    pf_per_row: usize,
 ) {
     let lay = kv.layout;
     let base = kv.data.as_ptr();
     let esz = kv.dtype.size();
     for (p, t) in rows.enumerate() {
         for (h, kvh) in heads.clone().enumerate() {
-            pf.advance::<S>(pf_per_row);
             let src = base.add(lay.offset(t, kvh) * esz);
             widen_row::<S>(
                 kv.dtype,
@@ -395,18 +411,22 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
     while c0 < g.kv_end {
         let cn = c.min(g.kv_end - c0);
         let next_n = c.min(g.kv_end - c0 - cn);
-        // The next chunk's rows are prefetched by this chunk's output tiles, one line per
-        // position step (batches between the tiles measured the same or up to 5 % slower),
-        // unless [`sw_prefetch`] leaves them to the hardware prefetcher.
-        let pf_n = if sw_prefetch(s, false) { next_n } else { 0 };
+        // The next chunk's rows are prefetched inside this chunk's score and output tiles,
+        // half each, at most one line per step of a tile (batches between the tiles: the
+        // same or up to 5 % slower; all in the output tiles: 2–4 % slower), unless
+        // [`sw_prefetch`] leaves them to the hardware prefetcher.
+        let pf_n = if sw_prefetch(s) { next_n } else { 0 };
         let mut pf = ChunkPrefetch::new(&s.k, &s.v, c0 + cn, pf_n, it.h0, nh, false);
-        // Spread over the output tiles, at most one line per position step of a tile.
-        let batch = pf.lines().div_ceil(nh * d.div_ceil(PB)).min(cn);
+        let qk_lines = pf.lines() / 2;
+        let qk_n = qk_lines.div_ceil(nh * cn.div_ceil(PB)).min(d);
+        let batch = (pf.lines() - qk_lines)
+            .div_ceil(nh * d.div_ceil(PB))
+            .min(cn);
         if !direct_k {
-            copy_chunk::<S>(&s.k, c0..c0 + cn, it.h0..it.h1, kc, ds, &mut pf, 0);
+            copy_chunk::<S>(&s.k, c0..c0 + cn, it.h0..it.h1, kc, ds);
         }
         if !direct_v {
-            copy_chunk::<S>(&s.v, c0..c0 + cn, it.h0..it.h1, vc, ds, &mut pf, 0);
+            copy_chunk::<S>(&s.v, c0..c0 + cn, it.h0..it.h1, vc, ds);
         }
         for h in 0..nh {
             let (qt, ot) = (qt.add(h * d * mp), ot.add(h * d * mp));
@@ -430,16 +450,16 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
             while p < cn {
                 let (kr, sr) = (kp.add(p * ks), sc.add(p * mp));
                 p += if p + PB <= cn {
-                    S::qk::<MV, PB>(kr, ks, qt, mp, d, sr);
+                    S::qk::<MV, PB>(kr, ks, qt, mp, d, sr, &mut pf, qk_n);
                     PB
                 } else if PB > 4 && p + 4 <= cn {
-                    S::qk::<MV, 4>(kr, ks, qt, mp, d, sr);
+                    S::qk::<MV, 4>(kr, ks, qt, mp, d, sr, &mut pf, qk_n);
                     4
                 } else if PB > 2 && p + 2 <= cn {
-                    S::qk::<MV, 2>(kr, ks, qt, mp, d, sr);
+                    S::qk::<MV, 2>(kr, ks, qt, mp, d, sr, &mut pf, qk_n);
                     2
                 } else {
-                    S::qk::<MV, 1>(kr, ks, qt, mp, d, sr);
+                    S::qk::<MV, 1>(kr, ks, qt, mp, d, sr, &mut pf, qk_n);
                     1
                 };
             }
