@@ -9,11 +9,11 @@
 //! [`ChunkPrefetch`] instead walks the next chunk's lines in memory order, as contiguous
 //! runs (a token-major cache: per position, all the item's heads; head-major: per head,
 //! all the chunk's positions) or row by row, and issues them spread over the current
-//! chunk's work: at most one per step inside the score and output tiles (the broadcast
-//! form, half each), and in the small form also a few before each transposed block of
-//! keys ([`SmallSpread`]). The stream then runs through every phase of the work: the
-//! phases without prefetches leave the fill buffers idle, and a burst of prefetches stalls
-//! the core. [`sw_prefetch`] says when it is worth doing.
+//! chunk's work: at most one per step inside the score and output tiles (in the broadcast
+//! form a quarter and the rest), and in the small form also a few before each transposed
+//! block of keys ([`SmallSpread`]). The stream then runs through every phase of the work:
+//! the phases without prefetches leave the fill buffers idle, and a burst of prefetches
+//! stalls the core. [`sw_prefetch`] says when it is worth doing.
 //!
 //! Measured (batch 4 × 2048 positions, token-major, one thread): prefetch instructions
 //! alone stream the cache at ≈ 13 GB/s, and the same decode work on cache-resident rows

@@ -411,13 +411,14 @@ pub(super) unsafe fn item_cfg<S: AttnTiles, const MV: usize, const PB: usize>(
     while c0 < g.kv_end {
         let cn = c.min(g.kv_end - c0);
         let next_n = c.min(g.kv_end - c0 - cn);
-        // The next chunk's rows are prefetched inside this chunk's score and output tiles,
-        // half each, at most one line per step of a tile (batches between the tiles: the
-        // same or up to 5 % slower; all in the output tiles: 2–4 % slower), unless
-        // [`sw_prefetch`] leaves them to the hardware prefetcher.
+        // The next chunk's rows are prefetched inside this chunk's score tiles (a quarter)
+        // and output tiles (the rest), at most one line per step of a tile (batches
+        // between the tiles: the same or up to 5 % slower; half in the score tiles: 2–4 %
+        // slower; none: level or 1–3 % slower), unless [`sw_prefetch`] leaves them to the
+        // hardware prefetcher.
         let pf_n = if sw_prefetch(s) { next_n } else { 0 };
         let mut pf = ChunkPrefetch::new(&s.k, &s.v, c0 + cn, pf_n, it.h0, nh, false);
-        let qk_lines = pf.lines() / 2;
+        let qk_lines = pf.lines() / 4;
         let qk_n = qk_lines.div_ceil(nh * cn.div_ceil(PB)).min(d);
         let batch = (pf.lines() - qk_lines)
             .div_ceil(nh * d.div_ceil(PB))
