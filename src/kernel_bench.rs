@@ -196,13 +196,13 @@ impl KernelReport {
         }
         let _ = writeln!(
             s,
-            "\n{:<26} {:<7} {:>3} {:>10} {:>8} {:>9} {:>8} {:>6}  shape",
+            "\n{:<28} {:<7} {:>3} {:>10} {:>8} {:>9} {:>8} {:>6}  shape",
             "kernel", "path", "thr", "ms", "GB/s", "GFLOP/s", "bound", "share"
         );
         for k in &self.kernels {
             let _ = writeln!(
                 s,
-                "{:<26} {:<7} {:>3} {:>10.3} {:>8.2} {:>9.1} {:>8} {:>5.1}%  {}",
+                "{:<28} {:<7} {:>3} {:>10.3} {:>8.2} {:>9.1} {:>8} {:>5.1}%  {}",
                 k.name,
                 k.path,
                 k.threads,

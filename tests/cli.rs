@@ -232,6 +232,8 @@ fn bench_kernels_reports_named_entries() {
         "matmul_bf16_t64",
         "attn_verify_n1_l2048",
         "attn_verify_n8_l2048",
+        "attn_verify_n1_l2048_hm",
+        "attn_verify_n8_l2048_bf16_hm",
     ] {
         assert!(names.contains(&want), "missing {want} in {names:?}");
     }

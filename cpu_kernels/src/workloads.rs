@@ -25,7 +25,8 @@ pub struct MatmulCase {
 }
 
 /// A batched attention problem: `batch` sequences, each `n` queries over `l + n` KV
-/// positions (token-major KV cache, `dtype`).
+/// positions (KV cache of `dtype`, token-major `[l + n, kv_heads, d]` as issue #3 names it,
+/// or head-major `[kv_heads, l + n, d]` as the model stores it).
 #[derive(Clone, Debug)]
 pub struct AttnCase {
     /// Sequences.
@@ -42,6 +43,8 @@ pub struct AttnCase {
     pub d: usize,
     /// KV cache element type.
     pub dtype: DType,
+    /// Head-major KV cache ([`KvLayout::head_major`]) instead of token-major.
+    pub head_major: bool,
 }
 
 /// A named benchmark problem.
@@ -64,7 +67,9 @@ pub struct Workload {
 
 impl Workload {
     /// The named problems: `matmul_bf16_t{1,8,64}` (14336 × 4096), then
-    /// `attn_verify_n{1,8}_l2048` with f32 KV and `_bf16` / `_f16` KV variants.
+    /// `attn_verify_n{1,8}_l2048` with f32 KV and `_bf16` / `_f16` KV variants (token-major
+    /// KV cache), then `attn_verify_n{1,8}_l2048_hm` and `attn_verify_n{1,8}_l2048_bf16_hm`
+    /// over the model's head-major cache.
     ///
     /// `attn_batch` sequences per attention call (8 makes the f32 KV 134 MB, far above
     /// the LLC; use ≥ 4 so that it stays DRAM-resident).
@@ -81,25 +86,34 @@ impl Workload {
                 }),
             });
         }
-        for dtype in [DType::F32, DType::BF16, DType::F16] {
-            for n in [1, 8] {
-                let suffix = if dtype == DType::F32 {
-                    String::new()
-                } else {
-                    format!("_{}", dtype.name())
-                };
-                v.push(Workload {
-                    name: format!("attn_verify_n{n}_l2048{suffix}"),
-                    problem: Problem::Attention(AttnCase {
-                        batch: attn_batch,
-                        n,
-                        l: 2048,
-                        heads: 32,
-                        kv_heads: 8,
-                        d: 128,
-                        dtype,
-                    }),
-                });
+        let layouts = [
+            (false, [DType::F32, DType::BF16, DType::F16].as_slice()),
+            (true, [DType::F32, DType::BF16].as_slice()),
+        ];
+        for (head_major, dtypes) in layouts {
+            for &dtype in dtypes {
+                for n in [1, 8] {
+                    let mut suffix = String::new();
+                    if dtype != DType::F32 {
+                        suffix = format!("_{}", dtype.name());
+                    }
+                    if head_major {
+                        suffix.push_str("_hm");
+                    }
+                    v.push(Workload {
+                        name: format!("attn_verify_n{n}_l2048{suffix}"),
+                        problem: Problem::Attention(AttnCase {
+                            batch: attn_batch,
+                            n,
+                            l: 2048,
+                            heads: 32,
+                            kv_heads: 8,
+                            d: 128,
+                            dtype,
+                            head_major,
+                        }),
+                    });
+                }
             }
         }
         v
@@ -117,8 +131,19 @@ impl Workload {
                 if m.tokens == 1 { "" } else { "s" }
             ),
             Problem::Attention(a) => format!(
-                "batch {} x (n={} l={}) heads {}/{} d={} kv {}",
-                a.batch, a.n, a.l, a.heads, a.kv_heads, a.d, a.dtype
+                "batch {} x (n={} l={}) heads {}/{} d={} kv {} {}",
+                a.batch,
+                a.n,
+                a.l,
+                a.heads,
+                a.kv_heads,
+                a.d,
+                a.dtype,
+                if a.head_major {
+                    "head-major"
+                } else {
+                    "token-major"
+                }
             ),
         }
     }
@@ -234,7 +259,11 @@ impl Prepared {
                 matmul_with(isa, x, case.tokens, &wm, out);
             }
             Prepared::Attention { case, seqs } => {
-                let layout = KvLayout::token_major(case.kv_heads, case.d);
+                let layout = if case.head_major {
+                    KvLayout::head_major(case.kv_heads, case.d, case.l + case.n)
+                } else {
+                    KvLayout::token_major(case.kv_heads, case.d)
+                };
                 let shape = AttnShape {
                     n_queries: case.n,
                     n_heads: case.heads,
