@@ -249,3 +249,54 @@ macro_rules! isa_entry {
     };
 }
 pub(crate) use isa_entry;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `S::transpose` against its definition at several strides, nothing written outside
+    /// the `L × L` block.
+    fn transpose_is_exact<S: Simd>(name: &str) {
+        let l = S::L;
+        for (ss, ds) in [(l, l), (l + 3, 2 * l + 1), (4 * l, 33)] {
+            let src: Vec<f32> = (0..l * ss).map(|i| i as f32 * 0.5 - 7.0).collect();
+            let mut dst = vec![f32::NAN; l * ds];
+            // SAFETY: both buffers hold `L` rows of their stride, `ss, ds ≥ L`.
+            unsafe { S::transpose(src.as_ptr(), ss, dst.as_mut_ptr(), ds) };
+            for c in 0..l {
+                for r in 0..ds {
+                    let got = dst[c * ds + r];
+                    if r < l {
+                        assert_eq!(
+                            got,
+                            src[r * ss + c],
+                            "{name}: ({r}, {c}), strides {ss}/{ds}"
+                        );
+                    } else {
+                        assert!(got.is_nan(), "{name}: wrote past the block at ({r}, {c})");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn transpose_on_every_path_this_cpu_runs() {
+        transpose_is_exact::<portable::Portable>("portable");
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") {
+                transpose_is_exact::<x86::Avx512>("avx512");
+            } else {
+                eprintln!("skipped the AVX-512 transpose: this CPU lacks AVX-512F");
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                transpose_is_exact::<x86::Avx2>("avx2");
+            } else {
+                eprintln!("skipped the AVX2 transpose: this CPU lacks AVX2 + FMA");
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        transpose_is_exact::<neon::Neon>("neon");
+    }
+}
