@@ -5,6 +5,7 @@
 use super::bodies::*;
 use super::prefetch::{sw_prefetch, ChunkPrefetch};
 use super::*;
+use crate::dtype::{elem_size, DT_BF16, DT_F16, DT_F32};
 
 /// Per-path register tiles of the attention microkernels.
 pub(crate) trait AttnTiles: Simd {
@@ -157,7 +158,6 @@ macro_rules! attn_tiles {
                 pf: &mut ChunkPrefetch<'_>,
                 pf_n: usize,
             ) {
-                use crate::dtype::{DT_BF16, DT_F16, DT_F32};
                 match dt {
                     DType::BF16 => pv_small_rows::<Self, $pmb, DT_BF16>(
                         v, vs, p, ps, cn, o, os, corr, rows, dv, pf, pf_n,
@@ -222,29 +222,25 @@ thread_local! {
 /// Widens `n` elements of `dt` at `src` to f32 at `dst`.
 #[inline(always)]
 pub(super) unsafe fn widen_row<S: Simd>(dt: DType, src: *const u8, dst: *mut f32, n: usize) {
-    let mut j = 0;
     match dt {
-        DType::BF16 => {
-            while j + S::L <= n {
-                S::store(dst.add(j), S::bf16(src.add(2 * j)));
-                j += S::L;
-            }
-        }
-        DType::F16 => {
-            while j + S::L <= n {
-                S::store(dst.add(j), S::f16(src.add(2 * j)));
-                j += S::L;
-            }
-        }
-        DType::F32 => {
-            while j + S::L <= n {
-                S::store(dst.add(j), S::load(src.add(4 * j) as *const f32));
-                j += S::L;
-            }
-        }
+        DType::BF16 => widen_row_dt::<S, DT_BF16>(dt, src, dst, n),
+        DType::F16 => widen_row_dt::<S, DT_F16>(dt, src, dst, n),
+        DType::F32 => widen_row_dt::<S, DT_F32>(dt, src, dst, n),
+    }
+}
+
+/// [`widen_row`] for `dt` of code `DT`: whole vectors through [`load_widened`], the rest
+/// element by element.
+#[inline(always)]
+unsafe fn widen_row_dt<S: Simd, const DT: u8>(dt: DType, src: *const u8, dst: *mut f32, n: usize) {
+    let esz = elem_size(DT);
+    let mut j = 0;
+    while j + S::L <= n {
+        S::store(dst.add(j), load_widened::<S, DT>(src.add(esz * j)));
+        j += S::L;
     }
     if j < n {
-        let bytes = std::slice::from_raw_parts(src, n * dt.size());
+        let bytes = std::slice::from_raw_parts(src, n * esz);
         while j < n {
             *dst.add(j) = load_f32(bytes, dt, j);
             j += 1;
